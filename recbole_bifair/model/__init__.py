@@ -1,0 +1,1 @@
+"""Plugin models; importing this package registers them (see recbole_bifair.registry)."""

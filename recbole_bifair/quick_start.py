@@ -1,0 +1,188 @@
+"""``run`` and ``load_data_and_model`` for plugin and stock RecBole models alike.
+
+RecBole's own quick start resolves models and trainers by name through ``recbole.utils`` and
+so can never run a plugin class; these mirror it with the plugin's Config, registry, fair
+evaluation and safe checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from logging import getLogger
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import init_logger, init_seed
+
+from recbole_bifair.checkpoint import load_checkpoint, restore_model
+from recbole_bifair.config import BiFairConfig
+from recbole_bifair.data.atomic import atomic_write
+from recbole_bifair.errors import UnknownNameError
+from recbole_bifair.registry import get_model, get_trainer
+from recbole_bifair.trainer.fair_evaluation import with_fair_evaluation
+
+DEFAULT_DATASET = "ml100k"
+
+
+def check_dataset(config) -> None:
+    """Refuse a dataset that is neither prepared under data_path nor the embedded default."""
+    folder = Path(config["data_path"])
+    if folder.is_dir() or config["dataset"] == DEFAULT_DATASET:
+        return
+    root = folder.parent
+    available = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+    raise UnknownNameError(
+        "dataset", config["dataset"], available + [f"{DEFAULT_DATASET} (prepared on first use)"]
+    )
+
+
+def ensure_dataset(config) -> None:
+    """Prepare the embedded default dataset on first use."""
+    folder = Path(config["data_path"])
+    check_dataset(config)
+    if folder.is_dir():
+        return
+    from recbole_bifair.data.protocol import ML100K_OPTIONS, ProtocolOptions, prepare_ml100k, report
+
+    prepared = prepare_ml100k(folder.parent, DEFAULT_DATASET)
+    getLogger().info("prepared the default dataset\n" + report(prepared, ProtocolOptions(**ML100K_OPTIONS)))
+
+
+def prepare_model_inputs(config, dataset) -> None:
+    """Build what a model needs beyond the dataset (e.g. the stage-I item embeddings)."""
+    model_class = get_model(config["model"])
+    prepare = getattr(model_class, "prepare_inputs", None)
+    if callable(prepare):
+        prepare(config, dataset)
+
+
+def build_config(model: str, dataset: str, config_file_list=None, config_dict=None) -> BiFairConfig:
+    """The Config, with the trainer name and dataset checked before any work is done."""
+    config = BiFairConfig(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    get_trainer(config["MODEL_TYPE"], config["model"], config["trainer"])
+    check_dataset(config)
+    return config
+
+
+def build_data(config):
+    """Dataset and the train/valid/test dataloaders (preparing the default dataset if needed)."""
+    ensure_dataset(config)
+    dataset = create_dataset(config)
+    prepare_model_inputs(config, dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    return dataset, train_data, valid_data, test_data
+
+
+def build_trainer(config, model):
+    trainer_class = get_trainer(config["MODEL_TYPE"], config["model"], config["trainer"])
+    return with_fair_evaluation(trainer_class)(config, model)
+
+
+def _flat(result) -> dict[str, float]:
+    return {str(key): float(value) for key, value in (result or {}).items()}
+
+
+def run(
+    model: str,
+    dataset: str = DEFAULT_DATASET,
+    config_file_list: list[str] | None = None,
+    config_dict: dict[str, Any] | None = None,
+    saved: bool = True,
+    results_file: str | Path | None = None,
+    resume: str | Path | None = None,
+    callback_fn=None,
+    evaluation_hooks: list | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` on ``dataset``, select on valid, test the best state; return the results.
+
+    The results dict holds ``model``, ``trainer``, ``dataset``, ``seed``, ``best_valid_score``,
+    ``valid`` and ``test`` (flat metric dicts), ``per_group`` (test group utilities),
+    ``timing`` (seconds per epoch, per evaluation, total) and ``model_file``.
+    ``evaluation_hooks`` are called as ``hook(epoch_idx, valid_result)`` after each validation.
+    """
+    start = perf_counter()
+    config = build_config(model, dataset, config_file_list, config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+    data, train_data, valid_data, test_data = build_data(config)
+    logger.info(data)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(net)
+    trainer = build_trainer(config, net)
+    trainer.evaluation_hooks.extend(evaluation_hooks or [])
+    if resume:
+        trainer.resume_checkpoint(resume)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"], callback_fn=callback_fn
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    eval_seconds = trainer.eval_seconds
+    results = {
+        "model": config["model"],
+        "trainer": type(trainer).__name__,
+        "dataset": config["dataset"],
+        "seed": config["seed"],
+        "best_valid_score": float(best_valid_score),
+        "valid": _flat(best_valid_result),
+        "test": _flat(test_result),
+        "per_group": trainer.per_group_utilities(),
+        "timing": {
+            "epoch_seconds": trainer.epoch_seconds,
+            "eval_seconds": eval_seconds,
+            "eval_seconds_mean": sum(eval_seconds) / len(eval_seconds) if eval_seconds else math.nan,
+            "total_seconds": perf_counter() - start,
+        },
+        "model_file": str(Path(trainer.saved_model_file).resolve()) if saved else None,
+    }
+    logger.info("test result: " + json.dumps(results["test"]))
+    if results_file:
+        write_results(results, results_file)
+    return results
+
+
+def write_results(results: dict, path: str | Path) -> None:
+    """Write the results JSON atomically (non-finite numbers become null)."""
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [finite(v) for v in value]
+        return value
+
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(finite(results), indent=2), encoding="utf-8")
+
+
+def load_data_and_model(model_file: str | Path):
+    """Rebuild config, dataset, dataloaders and the trained model from a plugin checkpoint.
+
+    Returns ``(config, model, dataset, train_data, valid_data, test_data)`` like RecBole's.
+    """
+    checkpoint = load_checkpoint(model_file)
+    saved = checkpoint["config"]
+    config = build_config(saved["model"], saved["dataset"], config_dict=saved["external"])
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    dataset, train_data, valid_data, test_data = build_data(config)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    restore_model(model, checkpoint)
+    return config, model, dataset, train_data, valid_data, test_data
+
+
+def evaluate_saved(model_file: str | Path, split: str = "test") -> dict[str, float]:
+    """Reload a checkpoint and evaluate it on ``split`` (test or valid) with the plugin's metrics."""
+    config, model, _dataset, train_data, valid_data, test_data = load_data_and_model(model_file)
+    trainer = build_trainer(config, model)
+    trainer.load_best_state(model_file)
+    trainer.eval_collector.data_collect(train_data)
+    data = test_data if split == "test" else valid_data
+    return _flat(trainer.evaluate(data, load_best_model=False))

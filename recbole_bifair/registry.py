@@ -1,0 +1,127 @@
+"""Model and trainer lookup: the plugin's classes first, then RecBole's.
+
+RecBole's ``get_model`` only searches ``recbole.model.*`` and ``get_trainer`` only
+``recbole.trainer``, so a plugin class can never be found by name through them. Plugin classes
+register themselves with :func:`register_model` / :func:`register_trainer`; lookups are
+case-insensitive for plugin names, and an unknown name raises :class:`UnknownNameError`
+listing every available name. A plugin class may not share a name with a RecBole class
+(RecBole would silently pick up its yaml, trainer and dataloader for that name).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from functools import lru_cache
+
+import recbole.model
+import recbole.trainer
+from recbole.utils import get_model as recbole_get_model
+from recbole.utils import get_trainer as recbole_get_trainer
+
+from recbole_bifair.errors import UnknownNameError
+
+PLUGIN_MODELS: dict[str, type] = {}
+PLUGIN_TRAINERS: dict[str, type] = {}
+
+
+@lru_cache(maxsize=1)
+def recbole_model_names() -> frozenset[str]:
+    """Names of every model class RecBole ships (searched the way its get_model does)."""
+    names = set()
+    for package in pkgutil.iter_modules(recbole.model.__path__):
+        if not package.ispkg or not package.name.endswith("_recommender"):
+            continue
+        try:
+            module = importlib.import_module(f"recbole.model.{package.name}")
+        except ImportError:
+            continue
+        for sub in pkgutil.iter_modules(module.__path__):
+            try:
+                submodule = importlib.import_module(f"recbole.model.{package.name}.{sub.name}")
+            except ImportError:  # optional back-ends (lightgbm, xgboost) that are not installed
+                continue
+            for name, obj in inspect.getmembers(submodule, inspect.isclass):
+                if obj.__module__ == submodule.__name__ and hasattr(obj, "calculate_loss"):
+                    names.add(name)
+    return frozenset(names)
+
+
+def recbole_trainer_names() -> frozenset[str]:
+    """Names of RecBole's trainer classes, without the ``Trainer`` suffix where it has one."""
+    names = set()
+    for name, obj in inspect.getmembers(recbole.trainer, inspect.isclass):
+        if name.endswith("Trainer") and obj.__module__.startswith("recbole.trainer"):
+            names.add(name[: -len("Trainer")] or name)
+    return frozenset(names)
+
+
+def _check_new_name(name: str, taken: frozenset[str], kind: str) -> None:
+    if name in taken:
+        raise ValueError(f"plugin {kind} {name!r} would shadow RecBole's {kind} of that name")
+
+
+def register_model(cls: type) -> type:
+    """Class decorator: make ``cls`` findable by :func:`get_model`."""
+    _check_new_name(cls.__name__, recbole_model_names(), "model")
+    PLUGIN_MODELS[cls.__name__] = cls
+    return cls
+
+
+def register_trainer(cls: type) -> type:
+    """Class decorator: make ``cls`` findable by :func:`get_trainer` (``BiFairTrainer`` -> ``BiFair``)."""
+    name = cls.__name__.removesuffix("Trainer")
+    _check_new_name(name, recbole_trainer_names(), "trainer")
+    PLUGIN_TRAINERS[name] = cls
+    return cls
+
+
+def _lookup(table: dict[str, type], name: str) -> type | None:
+    if name in table:
+        return table[name]
+    folded = {key.lower(): value for key, value in table.items()}
+    return folded.get(name.lower())
+
+
+def available_models() -> list[str]:
+    return sorted(set(PLUGIN_MODELS) | recbole_model_names())
+
+
+def available_trainers() -> list[str]:
+    return sorted(set(PLUGIN_TRAINERS) | recbole_trainer_names())
+
+
+def get_model(name: str | type) -> type:
+    """The model class called ``name``: plugin first, then RecBole."""
+    if isinstance(name, type):
+        return name
+    _import_plugin_classes()
+    found = _lookup(PLUGIN_MODELS, name)
+    if found is not None:
+        return found
+    if name in recbole_model_names():
+        return recbole_get_model(name)
+    raise UnknownNameError("model", name, available_models())
+
+
+def get_trainer(model_type, model_name: str, trainer_name: str | None = None) -> type:
+    """The trainer class: ``trainer_name`` if given (plugin first, then RecBole), else RecBole's
+    default for the model (``<Model>Trainer`` if it exists, else by model type)."""
+    _import_plugin_classes()
+    if not trainer_name:
+        return recbole_get_trainer(model_type, model_name)
+    found = _lookup(PLUGIN_TRAINERS, trainer_name)
+    if found is not None:
+        return found
+    for candidate in (trainer_name, f"{trainer_name}Trainer"):
+        obj = getattr(recbole.trainer, candidate, None)
+        if inspect.isclass(obj):
+            return obj
+    raise UnknownNameError("trainer", trainer_name, available_trainers())
+
+
+def _import_plugin_classes() -> None:
+    """Import the plugin's model and trainer packages so that their decorators have run."""
+    importlib.import_module("recbole_bifair.model")
+    importlib.import_module("recbole_bifair.trainer")

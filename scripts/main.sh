@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The main job: set up .venv, prepare the embedded default dataset (ml-100k from the recbole
+# wheel) and its stage-I embeddings if missing, train and print the results table.
+# Extra arguments are passed to run_recbole.py (e.g. --epochs=50).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+export OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1
+exec .venv/bin/python run_recbole.py --model=LightGCN --dataset=ml100k --results_file=runs/main_results.json "$@"
