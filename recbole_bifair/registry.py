@@ -17,6 +17,7 @@ from functools import lru_cache
 
 import recbole.model
 import recbole.trainer
+import torch
 from recbole.utils import get_model as recbole_get_model
 from recbole.utils import get_trainer as recbole_get_trainer
 
@@ -28,7 +29,20 @@ PLUGIN_TRAINERS: dict[str, type] = {}
 
 @lru_cache(maxsize=1)
 def recbole_model_names() -> frozenset[str]:
-    """Names of every model class RecBole ships (searched the way its get_model does)."""
+    """Names of every model class RecBole ships (searched the way its get_model does).
+
+    Importing ``recbole.model.sequential_recommender`` runs ``sine.py``, which switches on
+    ``torch.autograd.set_detect_anomaly(True)`` for the whole process (training then runs
+    several times slower); the previous setting is restored afterwards.
+    """
+    anomaly_mode = torch.is_anomaly_enabled()
+    try:
+        return _scan_recbole_models()
+    finally:
+        torch.autograd.set_detect_anomaly(anomaly_mode)
+
+
+def _scan_recbole_models() -> frozenset[str]:
     names = set()
     for package in pkgutil.iter_modules(recbole.model.__path__):
         if not package.ispkg or not package.name.endswith("_recommender"):

@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1
-exec .venv/bin/python run_recbole.py --model=LightGCN --dataset=ml100k --results_file=runs/main_results.json "$@"
+exec .venv/bin/python run_recbole.py --model=AlphaRec --trainer=BiFair --dataset=ml100k --results_file=runs/main_results.json "$@"

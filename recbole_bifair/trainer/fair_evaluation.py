@@ -64,12 +64,17 @@ class FairEvaluationMixin:
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {path}")
 
+    # The mixin comes first in the MRO: these defer to the trainer's own hooks when it has them.
     def extra_checkpoint_state(self) -> dict:
-        """Trainer state beyond the model and optimiser (overridden by the fair trainers)."""
-        return {}
+        """Trainer state beyond the model and optimiser (schedulers, DRO weights, Z's optimiser)."""
+        parent = getattr(super(), "extra_checkpoint_state", None)
+        return parent() if parent else {}
 
     def load_extra_checkpoint_state(self, checkpoint: dict) -> None:
         """Restore what :meth:`extra_checkpoint_state` saved."""
+        parent = getattr(super(), "load_extra_checkpoint_state", None)
+        if parent:
+            parent(checkpoint)
 
     def resume_checkpoint(self, resume_file):
         checkpoint = load_checkpoint(resume_file, map_location=self.device)

@@ -36,7 +36,7 @@ def test_split_is_reproducible_disjoint_and_4_3_3():
         valid = first["valid"][first["valid"].user_id == user]
         test = first["test"][first["test"].user_id == user]
         assert (len(train), len(valid), len(test)) == (4, 3, 3)
-        pairs = [set(zip(part.user_id, part.item_id)) for part in (train, valid, test)]
+        pairs = [set(zip(part.user_id, part.item_id, strict=True)) for part in (train, valid, test)]
         assert not (pairs[0] & pairs[1] or pairs[0] & pairs[2] or pairs[1] & pairs[2])
 
 

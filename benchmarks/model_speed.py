@@ -1,0 +1,119 @@
+"""Cost of the LLM-enhanced backbone (ALGORITHMS.md section 3; Sheng et al. 2024, AlphaRec).
+
+Measured side by side in one process, medians of ``--repeats`` alternated runs:
+
+1. one AlphaRec training epoch vs one epoch of RecBole's LightGCN, same embedding size (64),
+   same batch (4096) and number of training samples (the train interactions); AlphaRec uses
+   K = 256 sampled negatives per sample, LightGCN 1 (BPR);
+2. AlphaRec's epoch against a FLOP lower bound: the dense multiply-adds of one step (MLP over
+   all U+I rows forward, its backward without the input gradient of the first layer, the
+   propagation, the score GEMM), divided by the measured fp32 GEMM rate of this machine;
+3. full-sort evaluation with the fairness metrics (pop/genre CV and MIN) vs with only
+   Recall/NDCG/Hit.
+
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python benchmarks/model_speed.py [--dataset ml100k]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+
+import torch
+from recbole.utils import init_seed
+
+from recbole_bifair.quick_start import build_config, build_data, build_trainer
+from recbole_bifair.registry import get_model
+
+
+def gemm_gflops(size: int = 2048, repeats: int = 3) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def build(model: str, dataset: str, **settings):
+    config = build_config(model, dataset, config_dict={"embedding_size": 64, "train_batch_size": 4096, **settings})
+    init_seed(config["seed"], True)
+    _dataset, train_data, valid_data, _test = build_data(config)
+    net = get_model(model)(config, train_data._dataset)
+    trainer = build_trainer(config, net)
+    trainer.eval_collector.data_collect(train_data)
+    return net, trainer, train_data, valid_data
+
+
+def timed(function, *args, **kwargs) -> float:
+    start = time.perf_counter()
+    function(*args, **kwargs)
+    return time.perf_counter() - start
+
+
+def alpharec_step_flops(model, batch_size: int) -> float:
+    """Dense FLOPs (2 x multiply-adds) of one AlphaRec training step, a lower bound."""
+    rows, d, h, out = model.n_users + model.n_items, model.llm_dim, model.hidden_size, model.embedding_size
+    nnz = model.norm_adj_matrix._nnz()
+    mlp_forward = rows * (d * h + h * out)
+    mlp_backward = rows * (d * h + 2 * h * out)  # weight grads of both layers, input grad of the second
+    propagation = 2 * model.n_layers * nnz * out  # forward and backward
+    user_mean = model.user_mean._nnz() * d
+    k = model.num_negatives
+    scores = 3 * batch_size * (model.n_items if model.n_items <= 8 * k else k) * out  # forward + 2 backward
+    return 2.0 * (mlp_forward + mlp_backward + propagation + user_mean + scores)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="ml100k")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    print(f"torch threads {torch.get_num_threads()}")
+    peak = gemm_gflops()
+    print(f"fp32 GEMM 2048^3: {peak:.0f} GFLOP/s")
+
+    alpharec, alpharec_trainer, alpharec_train, valid_data = build("AlphaRec", args.dataset)
+    _lightgcn, lightgcn_trainer, lightgcn_train, _ = build("LightGCN", args.dataset)
+    epoch_times = {"AlphaRec": [], "LightGCN": []}
+    for repeat in range(args.repeats + 1):  # the first round warms up
+        a = timed(alpharec_trainer._train_epoch, alpharec_train, repeat)
+        b = timed(lightgcn_trainer._train_epoch, lightgcn_train, repeat)
+        if repeat:
+            epoch_times["AlphaRec"].append(a)
+            epoch_times["LightGCN"].append(b)
+    alpharec_epoch = statistics.median(epoch_times["AlphaRec"])
+    lightgcn_epoch = statistics.median(epoch_times["LightGCN"])
+    samples = len(alpharec_train._dataset)
+    steps = math.ceil(samples / 4096)
+    print(f"train samples per epoch {samples} ({steps} steps of <= 4096); AlphaRec h = {alpharec.hidden_size}, "
+          f"d = {alpharec.llm_dim}, K = {alpharec.num_negatives}")  # fmt: skip
+    print(f"epoch seconds: AlphaRec {alpharec_epoch:.3f}  LightGCN {lightgcn_epoch:.3f}  "
+          f"ratio {alpharec_epoch / lightgcn_epoch:.2f}x (target <= 1.5x)")  # fmt: skip
+    flops = steps * alpharec_step_flops(alpharec, 4096)
+    bound = flops / (peak * 1e9)
+    print(f"AlphaRec epoch FLOP lower bound {flops / 1e9:.1f} GFLOP -> {bound:.3f} s at {peak:.0f} GFLOP/s; "
+          f"measured / bound = {alpharec_epoch / bound:.2f}")  # fmt: skip
+
+    _, overall_trainer, overall_train, overall_valid = build(
+        "AlphaRec", args.dataset, metrics=["Recall", "NDCG", "Hit"]
+    )
+    overall_trainer.model.load_state_dict(alpharec.state_dict())
+    eval_times = {"fair": [], "overall": []}
+    for repeat in range(args.repeats + 1):
+        a = timed(alpharec_trainer.evaluate, valid_data, load_best_model=False)
+        b = timed(overall_trainer.evaluate, overall_valid, load_best_model=False)
+        if repeat:
+            eval_times["fair"].append(a)
+            eval_times["overall"].append(b)
+    fair, overall = statistics.median(eval_times["fair"]), statistics.median(eval_times["overall"])
+    print(f"full-sort valid evaluation seconds: with fairness metrics {fair:.4f}  Recall/NDCG/Hit only "
+          f"{overall:.4f}  ratio {fair / overall:.2f}x (target <= 1.15x)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""AlphaRec: Sheng et al. 2024, "Language Representations Can be What Recommenders Need:
+Findings and Potentials" (ICLR 2025), Section 3 (Eq. 2-4); ALGORITHMS.md section 3.
+
+- theta = MLP ``Linear(d, h) -> LeakyReLU(0.01) -> Linear(h, 64)`` (both with bias),
+  h = int(m * d); ``hidden_multiplier: auto`` gives m = 8 for encoder-size vectors
+  (d <= 1024) and m = 9/32 for LLM-size ones (4096 -> 1152, 3584 -> 1008).
+- E0 = [MLP(z_U); MLP(Z)] for all users and items, recomputed every step (so gradients
+  reach Z when a trainer makes it learnable); LightGCN propagation with
+  A_hat = D^-1/2 A D^-1/2 of the train bipartite graph (no self loops), ``n_layers`` = 2;
+  output = mean(E0, A_hat E0, A_hat^2 E0).
+- score = cosine(e_u, e_i) / tau; per-sample InfoNCE with K sampled negatives; no auxiliary
+  contrastive loss, no L2 term (weight decay is the optimiser's).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from recbole_bifair.errors import ConfigKeyError
+from recbole_bifair.model.llm_base import (
+    LLMRecommender,
+    lightgcn_propagate,
+    normalized_bipartite_adjacency,
+)
+from recbole_bifair.registry import register_model
+
+ENCODER_MULTIPLIER = 8.0  # d <= 1024 (BERT-size encoders, MiniLM)
+LLM_MULTIPLIER = 9 / 32  # d > 1024 (7B LLMs)
+
+
+def hidden_width(llm_dim: int, hidden_multiplier) -> int:
+    """h = int(m * d) with m from ``hidden_multiplier`` ('auto': 8 if d <= 1024 else 9/32)."""
+    if hidden_multiplier in (None, "auto"):
+        multiplier = ENCODER_MULTIPLIER if llm_dim <= 1024 else LLM_MULTIPLIER
+    else:
+        try:
+            multiplier = float(hidden_multiplier)
+        except (TypeError, ValueError):
+            raise ConfigKeyError(f"hidden_multiplier must be 'auto' or a number, got {hidden_multiplier!r}") from None
+    return max(1, int(multiplier * llm_dim))
+
+
+@register_model
+class AlphaRec(LLMRecommender):
+    """MLP projector + LightGCN propagation over the LLM representations, cosine scores."""
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.n_layers = config["n_layers"]  # LightGCN propagation layers
+        self.hidden_size = hidden_width(self.llm_dim, config["hidden_multiplier"])  # MLP width h
+        self.projector = torch.nn.Sequential(
+            torch.nn.Linear(self.llm_dim, self.hidden_size),
+            torch.nn.LeakyReLU(0.01),
+            torch.nn.Linear(self.hidden_size, self.embedding_size),
+        )
+        train = dataset.inter_matrix(form="coo")
+        self.register_buffer(
+            "norm_adj_matrix",
+            normalized_bipartite_adjacency(
+                self.n_users, self.n_items,
+                torch.from_numpy(train.row.astype(np.int64)), torch.from_numpy(train.col.astype(np.int64)),
+            ),
+            persistent=False,
+        )  # fmt: skip
+
+    def encode(self, user_text, item_text):
+        ego = self.projector(torch.cat([user_text, item_text], dim=0))
+        return self.propagate(ego)
+
+    def propagate(self, ego: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        propagated = lightgcn_propagate(self.norm_adj_matrix, ego, self.n_layers)
+        return torch.split(propagated, [self.n_users, self.n_items])
+
+    def forward_embeddings(self):
+        """Same values as ``encode(M Z, Z)``, cheaper: the first layer is affine and each row of M
+        sums to 1, so Linear1(M Z) = M Linear1(Z) for every user with a train item. The widest
+        product (d x h) then runs over the items only, not over users + items."""
+        first, activation, second = self.projector
+        item_hidden = first(self.item_table)
+        user_hidden = self.user_mean_of(item_hidden)
+        ego = second(activation(torch.cat([user_hidden, item_hidden], dim=0)))
+        return self.propagate(ego)

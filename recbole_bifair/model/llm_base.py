@@ -1,0 +1,303 @@
+"""What the LLM-enhanced recommenders share (ALGORITHMS.md sections 2 and 3).
+
+Sheng et al. 2024, "Language Representations Can be What Recommenders Need" (AlphaRec), and
+Zhang et al. 2025 (BiFair) Section 3.1: item i is represented by a frozen LLM vector z_i (stage
+I, :mod:`recbole_bifair.data.encode`); user u by z_u = mean of z_i over u's train items,
+computed as z_U = M Z with M the sparse row-normalised U x I train matrix, so gradients reach Z
+when a trainer makes Z learnable (BiFair, Eq. 2-7). A projector theta maps both to 64-d; the
+score is cosine(e_u, e_i) / tau and the loss is InfoNCE with K sampled negatives
+(ALGORITHMS.md section 3):
+
+    l_b = logsumexp([s_pos, s_neg_1..K]) - s_pos.
+
+Sampling happens on the device: negatives are uniform with replacement over items outside the
+user's train set (vectorised rejection against the sorted user*I+item keys); the positives are
+AlphaRec's user-uniform draw (``train_sampling: user``, default **[choice]**) or the batch's own
+interactions (``train_sampling: interaction``, RecBole's order).
+
+API for trainers:
+
+- ``sample_batch(interaction) -> (users, pos_items, neg_items)``: [B], [B], [B, K];
+- ``forward(users, pos_items, neg_items) -> loss [B]``: per-sample InfoNCE, a pure function of
+  the parameters and buffers, so ``torch.func.functional_call(model, params, (u, p, n))``
+  evaluates it at a virtual copy of theta (and Z when learnable);
+- ``per_sample_loss(interaction) -> (loss [B], pos_items [B])``; ``calculate_loss`` its mean;
+- ``forward_embeddings() -> (user_emb [n_users, D], item_emb [n_items, D])`` (not normalised);
+- ``set_item_table_learnable(flag)``; ``item_table`` (buffer, or nn.Parameter when learnable);
+  ``projector_parameters()`` (theta, list) and ``named_projector_parameters()`` (dict of full
+  names, the keys ``functional_call`` expects).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import GeneralRecommender
+from recbole.utils import InputType
+
+from recbole_bifair.errors import ConfigKeyError, EmbeddingError
+from recbole_bifair.model.sparse_ops import sparse_mm
+
+MAX_REJECTION_ROUNDS = 1000
+MAX_BITMAP_BITS = 2**31  # train-set bitmap up to 256 MB; larger graphs use binary search
+
+
+def normalized_bipartite_adjacency(
+    n_users: int, n_items: int, users: torch.Tensor, items: torch.Tensor
+) -> torch.Tensor:
+    """A_hat = D^-1/2 A D^-1/2 of the user-item bipartite graph, no self loops (LightGCN, Eq. 7).
+
+    Nodes are users 0..U-1 then items U..U+I-1; duplicate edges count once. Returns a coalesced
+    torch sparse COO tensor of shape (U+I, U+I).
+    """
+    size = n_users + n_items
+    rows = torch.cat([users, items + n_users])
+    cols = torch.cat([items + n_users, users])
+    edges = torch.sparse_coo_tensor(
+        torch.stack([rows, cols]), torch.ones(len(rows)), (size, size)
+    ).coalesce()
+    index = edges.indices()
+    degree = torch.zeros(size).index_add_(0, index[0], torch.ones(index.shape[1]))
+    inverse_sqrt = degree.clamp(min=1).pow(-0.5)
+    values = inverse_sqrt[index[0]] * inverse_sqrt[index[1]]
+    return torch.sparse_coo_tensor(index, values, (size, size)).coalesce()
+
+
+def user_mean_matrix(n_users: int, n_items: int, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """M (U x I): M[u, i] = 1/|I_u| for u's train items, so (M Z)[u] = mean of z_i over I_u."""
+    edges = torch.sparse_coo_tensor(
+        torch.stack([users, items]), torch.ones(len(users)), (n_users, n_items)
+    ).coalesce()
+    index = edges.indices()
+    count = torch.zeros(n_users).index_add_(0, index[0], torch.ones(index.shape[1]))
+    values = 1.0 / count.clamp(min=1)[index[0]]
+    return torch.sparse_coo_tensor(index, values, (n_users, n_items)).coalesce()
+
+
+def lightgcn_propagate(adjacency: torch.Tensor, embeddings: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """mean(E0, A E0, ..., A^L E0) (LightGCN, Eq. 8 with alpha_k = 1/(L+1))."""
+    layers = [embeddings]
+    for _ in range(n_layers):
+        layers.append(sparse_mm(adjacency, layers[-1], adjacency))  # A_hat is symmetric
+    return torch.stack(layers).mean(dim=0)
+
+
+def default_embedding_file(config) -> Path:
+    """``<data_path>/<dataset>.<llm_model>.npy`` unless ``item_embedding_file`` is set."""
+    if config["item_embedding_file"]:
+        return Path(config["item_embedding_file"])
+    model_name = Path(str(config["llm_model"] or "minilm")).name
+    return Path(config["data_path"]) / f"{config['dataset']}.{model_name}.npy"
+
+
+def aligned_item_table(vectors: np.ndarray, item_ids: list[str], id_tokens, source) -> torch.Tensor:
+    """Rows of ``vectors`` reordered to RecBole internal ids (``id_tokens[i]``); row 0 = zeros."""
+    row_of = {token: row for row, token in enumerate(item_ids)}
+    missing = [str(token) for token in id_tokens[1:] if str(token) not in row_of]
+    if missing:
+        raise EmbeddingError(
+            f"{source}: no vector for {len(missing)} item(s) of the dataset (e.g. {missing[:5]}); "
+            "rebuild the embedding file from this dataset's .item file"
+        )
+    table = np.zeros((len(id_tokens), vectors.shape[1]), dtype=np.float32)
+    table[1:] = vectors[[row_of[str(token)] for token in id_tokens[1:]]]
+    return torch.from_numpy(table)
+
+
+class LLMRecommender(GeneralRecommender):
+    """Base class: LLM item table Z, user-mean matrix M, device sampler, per-sample InfoNCE.
+
+    Subclasses define ``self.projector`` (theta) and :meth:`encode`.
+    """
+
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.embedding_size = config["embedding_size"]  # output width D of the projector
+        self.tau = float(config["tau"] or 0.15)  # InfoNCE temperature (dataset yaml)
+        self.num_negatives = int(config["num_negatives"])  # K sampled negatives per positive
+        self.train_sampling = config["train_sampling"] or "user"  # user | interaction
+        if self.train_sampling not in ("user", "interaction"):
+            raise ConfigKeyError(
+                f"train_sampling must be 'user' or 'interaction', got {self.train_sampling!r}"
+            )
+        embedding_file = default_embedding_file(config)
+        from recbole_bifair.data.encode import load_item_embeddings
+
+        vectors, item_ids = load_item_embeddings(embedding_file)
+        self.register_buffer(
+            "item_table", aligned_item_table(vectors, item_ids, dataset.field2id_token[self.ITEM_ID], embedding_file)
+        )
+        self.llm_dim = self.item_table.shape[1]
+
+        train = dataset.inter_matrix(form="coo")
+        users = torch.from_numpy(train.row.astype(np.int64))
+        items = torch.from_numpy(train.col.astype(np.int64))
+        self.register_buffer("user_mean", user_mean_matrix(self.n_users, self.n_items, users, items), persistent=False)
+        self.register_buffer("user_mean_t", self.user_mean.t().coalesce(), persistent=False)
+        self._build_sampler(users, items)
+        self._eval_embeddings = None
+
+    # ------------------------------------------------------------------ stage-I inputs
+
+    @classmethod
+    def prepare_inputs(cls, config, dataset) -> Path:
+        """Build (or reuse, if up to date) the stage-I embedding file for the dataset's items."""
+        from recbole_bifair.data.encode import ensure_item_embeddings
+
+        item_file = Path(config["data_path"]) / f"{config['dataset']}.item"
+        return ensure_item_embeddings(
+            item_file,
+            default_embedding_file(config),
+            model=config["llm_model"] or "minilm",
+            title_field=config["title_field"] or "title",
+            template=config["title_template"] or "{title}",
+            item_field=config["ITEM_ID_FIELD"],
+        )
+
+    def set_item_table_learnable(self, learnable: bool = True) -> None:
+        """Make Z an ``nn.Parameter`` (``learnable``) or a frozen buffer; same state-dict key.
+
+        Call before building optimisers: the parameter object is new.
+        """
+        table = self.item_table.detach().clone()
+        if "item_table" in self._parameters:
+            del self._parameters["item_table"]
+        if "item_table" in self._buffers:
+            del self._buffers["item_table"]
+        if learnable:
+            self.item_table = torch.nn.Parameter(table)
+        else:
+            self.register_buffer("item_table", table)
+
+    def projector_parameters(self) -> list[torch.nn.Parameter]:
+        """theta: the projector's parameters only (never Z)."""
+        return list(self.projector.parameters())
+
+    def named_projector_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """theta keyed by their names in ``self.named_parameters()`` (for functional_call)."""
+        return dict(self.projector.named_parameters(prefix="projector"))
+
+    # ------------------------------------------------------------------ sampling
+
+    def _build_sampler(self, users: torch.Tensor, items: torch.Tensor) -> None:
+        keys = torch.unique(users * self.n_items + items)  # sorted
+        key_users = keys // self.n_items
+        count = torch.bincount(key_users, minlength=self.n_users)
+        self.register_buffer("train_keys", keys, persistent=False)
+        if self.n_users * self.n_items <= MAX_BITMAP_BITS:  # packed bitmap: O(1) membership test
+            words = torch.zeros((self.n_users * self.n_items + 63) // 64, dtype=torch.int64)
+            words.index_add_(0, keys // 64, torch.ones_like(keys) << (keys % 64))  # keys unique: sum = OR
+            self.register_buffer("train_bitmap", words, persistent=False)
+        else:  # too large: binary search in the sorted keys
+            self.train_bitmap = None
+        self.register_buffer("train_items_by_user", keys % self.n_items, persistent=False)
+        self.register_buffer("user_offsets", torch.cumsum(count, 0) - count, persistent=False)
+        self.register_buffer("user_train_count", count, persistent=False)
+        self.register_buffer("users_with_items", torch.nonzero(count).squeeze(1), persistent=False)
+
+    def is_train_pair(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Boolean mask, same shape: is (user, item) a train interaction."""
+        keys = users * self.n_items + items
+        if self.train_bitmap is not None:
+            return ((self.train_bitmap[keys // 64] >> (keys % 64)) & 1).bool()
+        position = torch.searchsorted(self.train_keys, keys).clamp(max=len(self.train_keys) - 1)
+        return self.train_keys[position] == keys
+
+    def sample_negatives(self, users: torch.Tensor, num: int | None = None) -> torch.Tensor:
+        """[B, K] items drawn uniformly with replacement from 1..I-1 minus each user's train set.
+
+        Rejection sampling, vectorised: only the rejected positions are redrawn each round.
+        """
+        num = num or self.num_negatives
+        row_users = users.unsqueeze(1).expand(-1, num).reshape(-1)
+        negatives = torch.randint(1, self.n_items, row_users.shape, device=users.device)
+        redraw = torch.nonzero(self.is_train_pair(row_users, negatives)).squeeze(1)
+        for _ in range(MAX_REJECTION_ROUNDS):
+            if len(redraw) == 0:
+                return negatives.view(-1, num)
+            drawn = torch.randint(1, self.n_items, redraw.shape, device=users.device)
+            negatives[redraw] = drawn
+            redraw = redraw[self.is_train_pair(row_users[redraw], drawn)]
+        raise RuntimeError("negative sampling did not converge: a user has (almost) every item in train")
+
+    def sample_user_positives(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """AlphaRec's user-uniform draw: random users (with a train item), one random train positive each."""
+        device = self.train_keys.device
+        pick = torch.randint(0, len(self.users_with_items), (batch_size,), device=device)
+        users = self.users_with_items[pick]
+        offset = (torch.rand(batch_size, device=device) * self.user_train_count[users]).long()
+        offset = torch.minimum(offset, self.user_train_count[users] - 1)
+        return users, self.train_items_by_user[self.user_offsets[users] + offset]
+
+    def sample_batch(self, interaction) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(users [B], pos_items [B], neg_items [B, K]) for one RecBole train batch of size B."""
+        if self.train_sampling == "user":
+            users, pos_items = self.sample_user_positives(len(interaction[self.USER_ID]))
+        else:
+            users, pos_items = interaction[self.USER_ID], interaction[self.ITEM_ID]
+        return users, pos_items, self.sample_negatives(users)
+
+    # ------------------------------------------------------------------ embeddings and loss
+
+    def encode(self, user_text: torch.Tensor, item_text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user_emb, item_emb) from the LLM vectors z_U = M Z and Z; defined by subclasses."""
+        raise NotImplementedError
+
+    def user_mean_of(self, item_rows: torch.Tensor) -> torch.Tensor:
+        """M @ item_rows: each user's mean over its train items (sparse, vmap-able)."""
+        return sparse_mm(self.user_mean, item_rows, self.user_mean_t)
+
+    def forward_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user_emb [n_users, D], item_emb [n_items, D]) from theta and Z, no cached state."""
+        user_text = self.user_mean_of(self.item_table)
+        return self.encode(user_text, self.item_table)
+
+    def forward(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
+        """Per-sample InfoNCE l_b = logsumexp([s_pos, s_neg]) - s_pos, cosine/tau scores; [B]."""
+        user_emb, item_emb = self.forward_embeddings()
+        user_unit = F.normalize(user_emb[users], dim=-1)
+        item_unit = F.normalize(item_emb, dim=-1)
+        pos_scores = (user_unit * item_unit[pos_items]).sum(-1)
+        if self.n_items <= 8 * neg_items.shape[1]:  # few items: one GEMM over all items is cheaper
+            neg_scores = torch.gather(user_unit @ item_unit.T, 1, neg_items)
+        else:  # many items: gather the K negatives per row
+            neg_scores = torch.bmm(item_unit[neg_items], user_unit.unsqueeze(2)).squeeze(2)
+        logits = torch.cat([pos_scores.unsqueeze(1), neg_scores], dim=1) / self.tau
+        return torch.logsumexp(logits, dim=1) - logits[:, 0]
+
+    def per_sample_loss(self, interaction) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss [B], pos_items [B]) on a freshly sampled batch."""
+        users, pos_items, neg_items = self.sample_batch(interaction)
+        return self.forward(users, pos_items, neg_items), pos_items
+
+    def calculate_loss(self, interaction):
+        self._eval_embeddings = None
+        return self.per_sample_loss(interaction)[0].mean()
+
+    def train(self, mode: bool = True):
+        self._eval_embeddings = None  # parameters may change in either mode switch
+        return super().train(mode)
+
+    def _unit_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised embeddings; cached while in eval mode (full-sort runs many user batches)."""
+        if self.training or self._eval_embeddings is None:
+            user_emb, item_emb = self.forward_embeddings()
+            embeddings = (F.normalize(user_emb, dim=-1), F.normalize(item_emb, dim=-1))
+            if self.training:
+                return embeddings
+            self._eval_embeddings = embeddings
+        return self._eval_embeddings
+
+    def predict(self, interaction):
+        user_unit, item_unit = self._unit_embeddings()
+        users, items = interaction[self.USER_ID], interaction[self.ITEM_ID]
+        return (user_unit[users] * item_unit[items]).sum(-1)
+
+    def full_sort_predict(self, interaction):
+        user_unit, item_unit = self._unit_embeddings()
+        return (user_unit[interaction[self.USER_ID]] @ item_unit.T).view(-1)
