@@ -111,7 +111,7 @@ def test_ml100k_statistics(ml100k_root):
 def test_games_shared_data(tmp_path):
     code = main(["--input", str(SHARED_DATA / "amazon-games-2018"), "--name", "games", "--output",
                  str(tmp_path), "--title_field", "title", "--genre_field", "platform",
-                 "--min_user_inter", "20", "--min_rating", "0"])
+                 "--min_user_inter", "20", "--min_rating", "0", "--tau", "0.2"])
     assert code == 0
     train = read_atomic(tmp_path / "games" / "games.train.inter")
     assert train.user_id.nunique() == 2699  # PROVENANCE.md: 2,699 users with >= 20 interactions
