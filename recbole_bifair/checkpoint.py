@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import json
 import pickle
+import random
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from recbole_bifair.errors import PluginError
 
 CHECKPOINT_FORMAT = "recbole_bifair/1"
 _NUMPY_MARK = "__numpy__"
+RESUME_SUFFIX = ".resume"
 
 
 class CheckpointError(PluginError):
@@ -129,3 +131,31 @@ def restore_model(model, checkpoint: dict) -> None:
     """Load a checkpoint's model state (and RecBole's ``other_parameter``) into ``model``."""
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
+
+
+def resume_path(model_file: str | Path) -> Path:
+    """The resume checkpoint written next to the best-model file ``model_file``."""
+    return Path(f"{model_file}{RESUME_SUFFIX}")
+
+
+def rng_state() -> dict:
+    """Python ``random``, numpy, torch CPU (and CUDA) generator states as weights_only-safe data."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, torch.tensor(internal, dtype=torch.int64), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal.tolist()), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

@@ -37,3 +37,7 @@ class DataError(PluginError):
 
 class EmbeddingError(DataError):
     """An item-embedding file that does not match its item file."""
+
+
+class NonFiniteLossError(PluginError):
+    """The training loss became NaN or Inf."""

@@ -257,9 +257,19 @@ class LLMRecommender(GeneralRecommender):
         user_text = self.user_mean_of(self.item_table)
         return self.encode(user_text, self.item_table)
 
-    def forward(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
-        """Per-sample InfoNCE l_b = logsumexp([s_pos, s_neg]) - s_pos, cosine/tau scores; [B]."""
+    def forward(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor,
+                return_embeddings: bool = False):
+        """Per-sample InfoNCE l_b = logsumexp([s_pos, s_neg]) - s_pos, cosine/tau scores; [B].
+
+        With ``return_embeddings`` also the (user_emb, item_emb) the loss was computed from, so
+        a trainer can take gradients w.r.t. this shared representation (MGDA-UB balancing).
+        """
         user_emb, item_emb = self.forward_embeddings()
+        loss = self.loss_from_embeddings(user_emb, item_emb, users, pos_items, neg_items)
+        return (loss, user_emb, item_emb) if return_embeddings else loss
+
+    def loss_from_embeddings(self, user_emb, item_emb, users, pos_items, neg_items) -> torch.Tensor:
+        """The scoring part of :meth:`forward`: per-sample InfoNCE from given embeddings."""
         user_unit = F.normalize(user_emb[users], dim=-1)
         item_unit = F.normalize(item_emb, dim=-1)
         pos_scores = (user_unit * item_unit[pos_items]).sum(-1)

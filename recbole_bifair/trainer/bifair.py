@@ -30,6 +30,7 @@ combined-gradient norm and ||xi hZ|| / ||dZ||.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 from torch.func import functional_call
@@ -54,6 +55,30 @@ def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.sqrt(sum((t.double() ** 2).sum() for t in tensors))
 
 
+@dataclass
+class BalancedObjective:
+    """One balanced batch: per-sample and group losses, the balance, and theta."""
+
+    per_sample: torch.Tensor
+    losses: torch.Tensor
+    result: BalanceResult
+    params: list[torch.Tensor]
+    grads_are_theta: bool  # the balance's group gradients are w.r.t. theta (balance_space: params)
+
+    def loss(self) -> torch.Tensor:
+        """sum_n alpha_n L_n with alpha detached (the fair loss)."""
+        return (self.result.alpha * self.losses).sum()
+
+    def theta_gradient(self, retain_graph: bool = True) -> list[torch.Tensor]:
+        """grad_theta sum alpha L: from the balance's own group gradients when they are w.r.t.
+        theta (no backward), else one backward."""
+        if self.grads_are_theta:
+            grads = self.result.group_grads
+            combined = self.result.alpha.to(grads.dtype) @ grads
+            return [g.to(p.dtype).clone() for p, g in zip(self.params, unflatten(combined, self.params), strict=True)]
+        return list(torch.autograd.grad(self.loss(), self.params, retain_graph=retain_graph))
+
+
 class BalancedLossTrainer(PlainTrainer):
     """Shared by BiFair and Separate: the adaptive fairness-aware loss and its epoch log."""
 
@@ -66,6 +91,9 @@ class BalancedLossTrainer(PlainTrainer):
         self.balance_norm = config["balance_norm"] or "none"  # gradient normalisation before the solve
         self.fw_max_iter = int(config["fw_max_iter"] or 250)  # Frank-Wolfe iteration cap
         self.fw_tol = float(config["fw_tol"] or 1e-5)  # Frank-Wolfe stop: sum |dw| < tol
+        self.balance_space = config["balance_space"] or "params"  # params (the paper's g_n) | embeddings (MGDA-UB)
+        if self.balance_space not in ("params", "embeddings"):
+            raise ConfigKeyError(f"balance_space must be 'params' or 'embeddings', got {self.balance_space!r}")
         if not 0.0 <= self.min_group_share <= 1.0:
             raise ConfigKeyError(f"min_group_share must be in [0, 1], got {self.min_group_share}")
         self.z_optimizer = RowSparseAdamW(
@@ -86,18 +114,33 @@ class BalancedLossTrainer(PlainTrainer):
         named = self.model.named_projector_parameters()
         return list(named), list(named.values())
 
-    def balanced(self, per_sample, pos_items, params, log: str | None = None):
-        """(group losses [N_present], present ids, BalanceResult) of one batch."""
-        losses, present, _counts = group_losses(per_sample, self.item_group[pos_items], self.n_groups)
+    def balanced_objective(self, batch, theta_by_name: dict | None = None, log: str | None = None):
+        """Balance one batch at theta (or at a virtual ``theta_by_name``): the group losses, the
+        balance and, on demand, the gradient of sum alpha L w.r.t. theta.
+
+        ``balance_space: params`` takes the group gradients w.r.t. theta (the paper's g_n);
+        ``embeddings`` takes them w.r.t. the shared output embeddings (MGDA-UB, Sener & Koltun
+        2018, the "upper bound" variant of the MGDA reference code): N cheap backward passes
+        through the scoring part only, then one backward for the combined gradient.
+        """
+        names, params = self.theta() if theta_by_name is None else (list(theta_by_name), list(theta_by_name.values()))
+        in_embeddings = self.balance_space == "embeddings"
+        kwargs = {"return_embeddings": True} if in_embeddings else {}
+        if theta_by_name is None:
+            output = self.model(*batch, **kwargs)
+        else:
+            output = functional_call(self.model, theta_by_name, batch, kwargs)
+        per_sample, space = (output[0], list(output[1:])) if in_embeddings else (output, params)
+        losses, present, _counts = group_losses(per_sample, self.item_group[batch[1]], self.n_groups)
         gamma = self.min_group_share / len(losses) if len(losses) > 1 else 0.0
         result = balance(
-            losses, params, entropy=self.balance_entropy, min_group_weight=gamma,
+            losses, space, entropy=self.balance_entropy, min_group_weight=gamma,
             balance_norm=self.balance_norm, max_iter=self.fw_max_iter, tol=self.fw_tol,
-            grads=self.group_gradients(losses, params) if len(losses) > 1 else None,
+            grads=self.group_gradients(losses, space) if len(losses) > 1 else None,
         )
         if log:
             self._log_balance(log, losses, present, result)
-        return losses, present, result
+        return BalancedObjective(per_sample, losses, result, params, grads_are_theta=not in_embeddings)
 
     def _log_balance(self, tag, losses, present, result: BalanceResult) -> None:
         group_loss = torch.full((self.n_groups,), float("nan"))
@@ -110,31 +153,23 @@ class BalancedLossTrainer(PlainTrainer):
         self.epoch_log[f"{tag}_alpha_sum"].append(float(result.alpha.sum()))
         self.epoch_log[f"{tag}_combined_norm"].append(result.combined_grad_norm)
 
-    def set_theta_grads(self, params, result: BalanceResult) -> None:
-        """theta.grad = sum_n alpha_n g_n from the balance's own group gradients (no backward)."""
-        combined = result.alpha.to(result.group_grads.dtype) @ result.group_grads
-        for param, grad in zip(params, unflatten(combined, params), strict=True):
-            param.grad = grad.to(param.dtype).clone()
-
     def inner_step(self, batch) -> float:
         """Step 6: theta <- AdamW step on the balanced loss at the current Z."""
-        _names, params = self.theta()
-        per_sample = self.model(*batch)
-        _losses, _present, result = self.balanced(per_sample, batch[1], params, log="inner")
-        self.set_theta_grads(params, result)
+        objective = self.balanced_objective(batch, log="inner")
+        for param, grad in zip(objective.params, objective.theta_gradient(retain_graph=False), strict=True):
+            param.grad = grad
         self.optimizer.step()
         self.model.item_table.grad = None
-        return float(per_sample.detach().mean())
+        return float(objective.per_sample.detach().mean())
 
-    def z_step(self, batch) -> None:
+    def z_step(self, batch) -> float:
         """Z <- step on grad_Z of the balanced loss at the current theta (Separate, phase 2)."""
-        _names, params = self.theta()
-        per_sample = self.model(*batch)
-        losses, _present, result = self.balanced(per_sample, batch[1], params, log="z")
-        (z_grad,) = torch.autograd.grad((result.alpha * losses).sum(), [self.model.item_table])
+        objective = self.balanced_objective(batch, log="z")
+        (z_grad,) = torch.autograd.grad(objective.loss(), [self.model.item_table])
         self.model.item_table.grad = z_grad
         self.z_optimizer.step()
         self.model.item_table.grad = None
+        return float(objective.per_sample.detach().mean())
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.epoch_log.clear()
@@ -209,24 +244,25 @@ class BiFairTrainer(BalancedLossTrainer):
         """Steps 1-4: (dZ, xi hZ) for one iteration; Z's gradient is dZ - xi hZ."""
         names, params = self.theta()
         table = self.model.item_table
-        per_sample = self.model(*batch)
-        losses_in, _present, result_in = self.balanced(per_sample, batch[1], params, log="outer")
+        inner = self.balanced_objective(batch, log="outer")
         xi = self.current_xi()
-        virtual_step = unflatten(result_in.alpha.to(result_in.group_grads.dtype) @ result_in.group_grads, params)
-        virtual = [(p - xi * g.to(p.dtype)).detach().requires_grad_(True) for p, g in zip(params, virtual_step, strict=True)]
-        per_out = functional_call(self.model, dict(zip(names, virtual, strict=True)), outer_batch)
-        losses_out, _present_out, result_out = self.balanced(per_out, outer_batch[1], virtual)
-        outer_loss = (result_out.alpha * losses_out).sum()
-        dz, *v = torch.autograd.grad(outer_loss, [table, *virtual])
-        if xi == 0:
+        if xi == 0:  # first order: theta' = theta, so no virtual step and no second-order term
+            outer = inner if outer_batch is batch else self.balanced_objective(outer_batch)
+            (dz,) = torch.autograd.grad(outer.loss(), [table])
             return dz, torch.zeros_like(dz)
+        virtual = [
+            (p - xi * g).detach().requires_grad_(True)
+            for p, g in zip(params, inner.theta_gradient(retain_graph=False), strict=True)
+        ]
+        outer = self.balanced_objective(outer_batch, dict(zip(names, virtual, strict=True)))
+        dz, *v = torch.autograd.grad(outer.loss(), [table, *virtual])
         eps = self.fd_epsilon / global_norm(v).clamp(min=1e-12).item()
-        alpha_in = result_in.alpha.detach()
+        alpha_in = inner.result.alpha.detach()
 
         def z_gradient_at(sign: float) -> torch.Tensor:
             shifted = {n: (p + sign * eps * vi).detach() for n, p, vi in zip(names, params, v, strict=True)}
             per = functional_call(self.model, shifted, batch)
-            losses, present, _ = group_losses(per, self.item_group[batch[1]], self.n_groups)
+            losses, _present, _counts = group_losses(per, self.item_group[batch[1]], self.n_groups)
             return torch.autograd.grad((alpha_in * losses).sum(), [table])[0]
 
         second_order = (z_gradient_at(1.0) - z_gradient_at(-1.0)) / (2 * eps)
@@ -258,10 +294,7 @@ class SeparateTrainer(BalancedLossTrainer):
 
     def train_step(self, interaction) -> float:
         batch = self.model.sample_batch(interaction)
-        if self.phase == "theta":
-            return self.inner_step(batch)
-        self.z_step(batch)
-        return float(self.model(*batch).detach().mean())
+        return self.inner_step(batch) if self.phase == "theta" else self.z_step(batch)
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self.phase = "theta"

@@ -23,15 +23,11 @@ from recbole.utils import set_color
 from tqdm import tqdm
 
 from recbole_bifair.data.groups import GROUP_KINDS, ItemGroups, build_item_groups
-from recbole_bifair.errors import ConfigKeyError, PluginError
+from recbole_bifair.errors import ConfigKeyError, NonFiniteLossError, PluginError
 from recbole_bifair.registry import register_trainer
 from recbole_bifair.trainer.balancing import group_gradients
 
 REQUIRED_MODEL_METHODS = ("per_sample_loss", "projector_parameters")
-
-
-class NonFiniteLossError(PluginError):
-    """The training loss became NaN or Inf."""
 
 
 def check_model_api(model, trainer_name: str) -> None:
@@ -165,15 +161,22 @@ class PlainTrainer(Trainer):
         for interaction in batches:
             loss = self.train_step(interaction.to(self.device))
             if not math.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"training loss became {loss} at epoch {epoch_idx}, step {self.global_step}; the "
-                    f"best checkpoint so far is kept in {self.saved_model_file}; lower learning_rate"
-                )
+                raise self.non_finite_loss(loss, epoch_idx, self.global_step)
             self.after_step()
             total += loss
             if show_progress:
-                batches.set_postfix(loss=f"{loss:.4f}")
+                batches.set_postfix(loss=f"{loss:.4f}", **self.progress_figures())
         return total / max(1, len(train_data))
+
+    def non_finite_loss(self, loss, epoch_idx: int, step: int) -> NonFiniteLossError:
+        """The error for a NaN/Inf loss (the fair-evaluation mixin names the kept checkpoints)."""
+        return NonFiniteLossError(
+            f"training loss became {loss} at epoch {epoch_idx}, step {step}; lower learning_rate"
+        )
+
+    def progress_figures(self) -> dict:
+        """Extra progress-bar figures (the fair-evaluation mixin adds the last validation score)."""
+        return {}
 
     # ---------------------------------------------------------------- checkpoint state
 

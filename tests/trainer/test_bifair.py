@@ -30,23 +30,21 @@ def build_trainer(ml100k_root, model_name="LLMLinear", **overrides):
 def exact_second_order(trainer, model, batch):
     """xi * d/dZ <grad_theta sum alpha_in L(theta, Z), v> by double backward (no differences)."""
     names, params = trainer.theta()
-    per_sample = model(*batch)
-    losses, _present, result_in = trainer.balanced(per_sample, batch[1], params)
-    inner = (result_in.alpha * losses).sum()
-    grads = torch.autograd.grad(inner, params, create_graph=True)
+    objective = trainer.balanced_objective(batch)
+    grads = torch.autograd.grad(objective.loss(), params, create_graph=True)
     xi = trainer.current_xi()
     virtual = [(p - xi * g).detach().requires_grad_(True) for p, g in zip(params, grads, strict=True)]
-    per_out = torch.func.functional_call(model, dict(zip(names, virtual, strict=True)), batch)
-    losses_out, _p, result_out = trainer.balanced(per_out, batch[1], virtual)
-    dz, *v = torch.autograd.grad((result_out.alpha * losses_out).sum(), [model.item_table, *virtual])
+    outer = trainer.balanced_objective(batch, dict(zip(names, virtual, strict=True)))
+    dz, *v = torch.autograd.grad(outer.loss(), [model.item_table, *virtual])
     mixed = sum((g * vi).sum() for g, vi in zip(grads, v, strict=True))
     (hessian_vector,) = torch.autograd.grad(mixed, [model.item_table])
     return dz, xi * hessian_vector
 
 
-@pytest.mark.parametrize("model_name", ["LLMLinear", "AlphaRec"])
-def test_finite_difference_hypergradient_matches_double_backward(ml100k_root, model_name):
-    trainer, model, batch = build_trainer(ml100k_root, model_name, xi=0.05, fd_epsilon=1e-3)
+@pytest.mark.parametrize("model_name, space", [("LLMLinear", "params"), ("AlphaRec", "params"),
+                                               ("AlphaRec", "embeddings")])
+def test_finite_difference_hypergradient_matches_double_backward(ml100k_root, model_name, space):
+    trainer, model, batch = build_trainer(ml100k_root, model_name, xi=0.05, fd_epsilon=1e-3, balance_space=space)
     if model_name == "AlphaRec":
         # LeakyReLU's derivative jumps at 0: central differences then also count the units
         # whose pre-activation changes sign between theta -/+ eps v, a term the (almost
@@ -73,9 +71,7 @@ def test_first_order_variant_has_no_second_order_term(ml100k_root):
     dz, second_order = trainer.z_hypergradient(batch, batch)
     assert float(second_order.abs().max()) == 0.0
     # With xi = 0 the virtual step is theta itself: dZ is grad_Z of the balanced loss at theta.
-    _names, params = trainer.theta()
-    losses, _present, result = trainer.balanced(model(*batch), batch[1], params)
-    (expected,) = torch.autograd.grad((result.alpha * losses).sum(), [model.item_table])
+    (expected,) = torch.autograd.grad(trainer.balanced_objective(batch).loss(), [model.item_table])
     torch.testing.assert_close(dz, expected, rtol=1e-5, atol=1e-8)
 
 
@@ -90,6 +86,18 @@ def test_z_changes_only_in_rows_the_batch_touches(ml100k_root):
     assert changed.numel() > 0
     assert set(changed.tolist()) <= set(touched.tolist())
     assert changed.numel() < model.item_table.shape[0] - 1  # the batch does not touch every item
+
+
+def test_theta_gradient_is_the_gradient_of_the_balanced_loss_in_both_spaces(ml100k_root):
+    for space in ("params", "embeddings"):
+        trainer, model, batch = build_trainer(ml100k_root, "AlphaRec", fair_group="genre", balance_space=space)
+        objective = trainer.balanced_objective(batch)
+        assert len(objective.losses) > 2
+        fast = objective.theta_gradient()
+        direct = torch.autograd.grad(objective.loss(), objective.params)
+        for got, want in zip(fast, direct, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+        assert objective.result.alpha.sum() >= trainer.min_group_share - 1e-6  # the safeguard
 
 
 def test_unflatten_round_trip():
