@@ -15,13 +15,17 @@ Ray workers and reloaded checkpoints find the same files.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
+from functools import cache
 from pathlib import Path
 
+import recbole
 from recbole.config import Config
 
 from recbole_bifair import registry
-from recbole_bifair.errors import UnknownNameError
+from recbole_bifair.errors import ConfigKeyError, UnknownNameError
 from recbole_bifair.evaluator.registration import known_metric_names, register_metrics
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -49,16 +53,80 @@ def resolve_data_path(data_path: str) -> str:
     return str((PROJECT_ROOT / path).resolve())
 
 
+# Options of run_recbole.py that RecBole's command-line reader also sees as config keys.
+COMMAND_LINE_KEYS = frozenset({"model", "trainer", "dataset", "config_files", "results_file", "resume"})
+_YAML_KEY = re.compile(r"^([A-Za-z_]\w*)\s*:", re.MULTILINE)
+_CODE_KEY = re.compile(r"""(?:config\[\s*|_setting\(\s*config,\s*)["'](\w+)["']""")
+
+
+@cache
+def known_config_keys() -> frozenset[str]:
+    """Every key RecBole or the plugin declares (yaml) or reads (``config["key"]`` in the code)."""
+    keys = set(COMMAND_LINE_KEYS)
+    recbole_root = Path(recbole.__file__).parent
+    package_root = Path(__file__).resolve().parent
+    for folder in (recbole_root / "properties", PROPERTIES_DIR):
+        for path in folder.rglob("*.yaml"):
+            keys.update(_YAML_KEY.findall(path.read_text(encoding="utf-8", errors="replace")))
+    for folder in (recbole_root, package_root):
+        for path in folder.rglob("*.py"):
+            keys.update(_CODE_KEY.findall(path.read_text(encoding="utf-8", errors="replace")))
+    return frozenset(keys)
+
+
+def check_misspelled_keys(sources: dict[str, dict], known) -> None:
+    """Refuse a user key that is unknown but close to a known one (a likely typo).
+
+    An error, not a warning: a misspelled key is otherwise silently ignored and the run trains
+    with the default, which is found out (if at all) only after the whole run. Unknown keys that
+    resemble no known key pass, as in RecBole (custom keys for custom models).
+    """
+    for where, keys in sources.items():
+        for key in sorted(keys or {}):
+            if key in known:
+                continue
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.85)
+            if close:
+                raise ConfigKeyError(
+                    f"unknown config key {key!r} {where}: did you mean {close[0]!r}? (keys close "
+                    "to a known key are refused as likely typos; fix the spelling)"
+                )
+
+
+def cuda_fallback_warning(config) -> str | None:
+    """A warning when the user explicitly asked for CUDA (``use_gpu: True`` or ``device: cuda``)
+    and none exists: RecBole then silently runs on the CPU. A warning, not an error, so that one
+    yaml file serves GPU and CPU machines alike; the log says where the run really ran.
+    """
+    import torch
+
+    external = config.external_config_dict
+    asked = external.get("use_gpu") is True or str(external.get("device", "")).startswith("cuda")
+    if asked and not torch.cuda.is_available():
+        return (
+            "warning: CUDA was asked for (use_gpu/device) but is not available here: running on "
+            "the CPU; set use_gpu: False to silence this"
+        )
+    return None
+
+
 class BiFairConfig(Config):
     """RecBole Config that knows the plugin's models, trainers, metrics and yaml defaults."""
 
     def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None):
         register_metrics()
+        self.user_config_files = list(config_file_list or [])
         try:
             super().__init__(model, dataset, config_file_list, config_dict)
         except NotImplementedError as error:  # RecBole's "There is no metric named 'x'"
             name = str(error).split("'")[1] if "'" in str(error) else str(error)
             raise UnknownNameError("metric", name, known_metric_names()) from None
+        files = " ".join(str(f) for f in self.user_config_files)
+        check_misspelled_keys(
+            {f"in {files}": self.file_config_dict, "in config_dict": self.variable_config_dict,
+             "on the command line": self.cmd_config_dict},
+            known_config_keys() | set(self.internal_config_dict),
+        )
 
     def _get_model_and_dataset(self, model, dataset):
         if model is None:

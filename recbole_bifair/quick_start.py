@@ -18,9 +18,9 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed
 
 from recbole_bifair.checkpoint import load_checkpoint, restore_model
-from recbole_bifair.config import BiFairConfig
+from recbole_bifair.config import BiFairConfig, cuda_fallback_warning
 from recbole_bifair.data.atomic import atomic_write
-from recbole_bifair.errors import UnknownNameError
+from recbole_bifair.errors import ConfigKeyError, DataError, UnknownNameError
 from recbole_bifair.registry import get_model, get_trainer
 from recbole_bifair.trainer.fair_evaluation import with_fair_evaluation
 
@@ -51,6 +51,57 @@ def ensure_dataset(config) -> None:
     getLogger().info("prepared the default dataset\n" + report(prepared, ProtocolOptions(**ML100K_OPTIONS)))
 
 
+def _item_fields(item_file: Path) -> set[str]:
+    with item_file.open(encoding="utf-8") as handle:
+        header = handle.readline().rstrip("\r\n").split("\t")
+    return {column.split(":")[0] for column in header}
+
+
+def check_dataset_files(config) -> None:
+    """One-line errors for missing split files and item fields the run needs (before RecBole reads them)."""
+    folder, name = Path(config["data_path"]), config["dataset"]
+    parts = config["benchmark_filename"]
+    expected = [f"{name}.{part}.inter" for part in parts] if parts else [f"{name}.inter"]
+    missing = [file for file in expected if not (folder / file).is_file()]
+    if missing:
+        raise DataError(
+            f"{folder}: dataset {name!r} lacks {', '.join(missing)} (benchmark_filename: {parts}); "
+            f"prepare it with `python -m recbole_bifair.data.protocol --input RAW_DIR --name {name}` "
+            "or fix benchmark_filename"
+        )
+    item_file = folder / f"{name}.item"
+    fields = _item_fields(item_file) if item_file.is_file() else set()
+    genre_field = config["genre_field"]
+    needs_genre = config["fair_group"] == "genre" or any(
+        str(metric).lower().startswith("genre_") for metric in config["metrics"] or []
+    )
+    if needs_genre and genre_field and genre_field not in fields:
+        where = f"{item_file} has no field {genre_field!r}" if item_file.is_file() else f"{item_file} is missing"
+        raise DataError(
+            f"{where} (genre_field, needed by fair_group: genre or the Genre_* metrics); fix "
+            "genre_field in the dataset yaml, or use fair_group: pop and drop the Genre_* metrics"
+        )
+    title_field = config["title_field"]
+    if callable(getattr(get_model(config["model"]), "prepare_inputs", None)) and title_field and \
+            title_field not in fields and not config["item_embedding_file"]:
+        where = f"{item_file} has no field {title_field!r}" if item_file.is_file() else f"{item_file} is missing"
+        raise DataError(
+            f"{where} (title_field, the item text the LLM encodes); set title_field to one of its "
+            f"fields ({', '.join(sorted(fields)) or 'none'}) or give item_embedding_file"
+        )
+
+
+def check_topk(config, dataset) -> None:
+    """``topk`` cannot exceed the number of items (RecBole fails deep in torch.topk)."""
+    n_items = dataset.item_num - 1  # internal id 0 is padding
+    too_big = [k for k in config["topk"] if k > n_items]
+    if too_big:
+        raise ConfigKeyError(
+            f"topk {too_big} exceeds the {n_items} items of dataset {config['dataset']!r}; "
+            f"use a topk of at most {n_items}"
+        )
+
+
 def prepare_model_inputs(config, dataset) -> None:
     """Build what a model needs beyond the dataset (e.g. the stage-I item embeddings)."""
     model_class = get_model(config["model"])
@@ -70,7 +121,9 @@ def build_config(model: str, dataset: str, config_file_list=None, config_dict=No
 def build_data(config):
     """Dataset and the train/valid/test dataloaders (preparing the default dataset if needed)."""
     ensure_dataset(config)
+    check_dataset_files(config)
     dataset = create_dataset(config)
+    check_topk(config, dataset)
     prepare_model_inputs(config, dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     return dataset, train_data, valid_data, test_data
@@ -109,6 +162,9 @@ def run(
     init_logger(config)
     logger = getLogger()
     logger.info(config)
+    cuda_warning = cuda_fallback_warning(config)
+    if cuda_warning:
+        logger.warning(cuda_warning)
     data, train_data, valid_data, test_data = build_data(config)
     logger.info(data)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])

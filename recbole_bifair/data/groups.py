@@ -67,8 +67,12 @@ def first_listed_genre(genre_ids: torch.Tensor) -> torch.Tensor:
     return genre_ids[:, 0] if genre_ids.dim() == 2 else genre_ids
 
 
-def genre_groups(dataset, genre_field: str) -> ItemGroups:
-    """Groups from the item field ``genre_field`` (token or token_seq) of a RecBole dataset."""
+def genre_groups(dataset, genre_field: str, training: bool = False) -> ItemGroups:
+    """Groups from the item field ``genre_field`` (token or token_seq) of a RecBole dataset.
+
+    Fewer than two distinct genres is an error when the groups are for training (``fair_group:
+    genre``: there is nothing to balance) and a warning when they are only for the metrics.
+    """
     if not genre_field:
         raise ConfigKeyError(
             "genre groups need `genre_field` (the item field holding the genre) in the dataset "
@@ -94,6 +98,12 @@ def genre_groups(dataset, genre_field: str) -> ItemGroups:
             f"{n_missing} items have no value in genre field {genre_field!r}: left out of genre groups"
         )
     if used.numel() < 2:
+        if training:
+            raise ConfigKeyError(
+                f"fair_group: genre needs at least 2 genres, but genre field {genre_field!r} of "
+                f"dataset {dataset.dataset_name!r} has {used.numel()} distinct value(s); use "
+                "fair_group: pop or another genre_field"
+            )
         getLogger().warning(
             f"genre field {genre_field!r} has {used.numel()} distinct value(s): genre fairness "
             "over one group is meaningless (CV = 0)"
@@ -107,11 +117,14 @@ def train_item_counts(train_dataset) -> torch.Tensor:
     return torch.bincount(items.long(), minlength=train_dataset.item_num)
 
 
-def build_item_groups(train_dataset, config, kind: str) -> ItemGroups:
-    """The map of group ``kind`` (``pop`` or ``genre``) for a RecBole train dataset."""
+def build_item_groups(train_dataset, config, kind: str, training: bool = False) -> ItemGroups:
+    """The map of group ``kind`` (``pop`` or ``genre``) for a RecBole train dataset.
+
+    ``training``: the groups a fair trainer balances (stricter checks than for the metrics).
+    """
     if kind == "pop":
         fraction = config["pop_top_fraction"] if config["pop_top_fraction"] is not None else 0.1
         return popularity_groups(train_item_counts(train_dataset), fraction)
     if kind == "genre":
-        return genre_groups(train_dataset, config["genre_field"])
+        return genre_groups(train_dataset, config["genre_field"], training=training)
     raise ConfigKeyError(f"unknown group kind {kind!r}; use one of {GROUP_KINDS}")

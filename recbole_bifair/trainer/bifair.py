@@ -297,13 +297,15 @@ class SeparateTrainer(BalancedLossTrainer):
         return self.inner_step(batch) if self.phase == "theta" else self.z_step(batch)
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
-        self.phase = "theta"
-        super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
-        if saved and valid_data:
-            self.load_best_state()
+        resumed = getattr(self, "_resume_state", None) or {}
+        if resumed.get("trainer_phase") != "z":  # a run resumed in phase 2 skips phase 1
+            self.phase = "theta"
+            super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+            if saved and valid_data:
+                self.load_best_state()
+            self.start_epoch, self.cur_step = 0, 0
         self.phase = "z"
         self.logger.info("Separate: phase 2, theta frozen, training Z")
-        self.start_epoch, self.cur_step = 0, 0
         self.schedulers = []  # a fresh polynomial schedule for Z's phase
         self.setup_training(train_data)
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)

@@ -105,7 +105,9 @@ class PlainTrainer(Trainer):
 
     def setup_training(self, train_data) -> None:
         """Group maps and LR schedules; called once at the start of :meth:`fit`."""
-        self.training_groups = build_item_groups(train_data.dataset, self.config, self.fair_group)
+        self.training_groups = build_item_groups(
+            train_data.dataset, self.config, self.fair_group, training=True
+        )
         self.item_group = self.training_groups.item_group.to(self.device)
         total_steps = self.epochs * len(train_data)
         if self.lr_schedule == "poly" and not self.schedulers:

@@ -79,7 +79,7 @@ class FairEvaluationMixin:
     def _check_nan(self, loss):  # RecBole's trainers call this once per batch
         self._epoch_batches += 1
         if not bool(torch.isfinite(loss).all()):
-            raise self.non_finite_loss(float(loss), self.current_epoch, self._epoch_batches - 1)
+            raise self.non_finite_loss(float(loss.detach()), self.current_epoch, self._epoch_batches - 1)
 
     def non_finite_loss(self, loss, epoch_idx: int, step: int) -> NonFiniteLossError:
         resume = resume_path(self.saved_model_file)
