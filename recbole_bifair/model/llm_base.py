@@ -85,6 +85,14 @@ def lightgcn_propagate(adjacency: torch.Tensor, embeddings: torch.Tensor, n_laye
     return torch.stack(layers).mean(dim=0)
 
 
+def unit_backward(rows: torch.Tensor, unit_grad: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Gradient w.r.t. ``rows`` of ``F.normalize(rows)`` given the gradient w.r.t. the unit rows:
+    (g - (g . u) u) / max(||x||, eps)."""
+    norm = rows.norm(dim=-1, keepdim=True)
+    unit = rows / norm.clamp(min=eps)
+    return (unit_grad - (unit_grad * unit).sum(-1, keepdim=True) * unit) / norm.clamp(min=eps)
+
+
 def default_embedding_file(config) -> Path:
     """``<data_path>/<dataset>.<llm_model>.npy`` unless ``item_embedding_file`` is set."""
     if config["item_embedding_file"]:
@@ -279,6 +287,64 @@ class LLMRecommender(GeneralRecommender):
             neg_scores = torch.bmm(item_unit[neg_items], user_unit.unsqueeze(2)).squeeze(2)
         logits = torch.cat([pos_scores.unsqueeze(1), neg_scores], dim=1) / self.tau
         return torch.logsumexp(logits, dim=1) - logits[:, 0]
+
+    @torch.no_grad()
+    def group_embedding_gradients(self, user_emb, item_emb, users, pos_items, neg_items,
+                                  sample_group: torch.Tensor, n_groups: int) -> torch.Tensor:
+        """Gradients of every group's mean loss w.r.t. (user_emb, item_emb), in one pass.
+
+        Returns ``[n_groups, (n_users + n_items) * D]`` (user rows then item rows), the same as
+        N backward passes of ``L_n = mean_{b in n} l_b`` through :meth:`loss_from_embeddings`
+        (``sample_group[b]`` in 0..n_groups-1, or -1 for samples in no group). One backward
+        gives each sample's gradient w.r.t. its own user row, positive row and negative scores;
+        these are routed to their group with index_add, and the normalisation's Jacobian
+        (I - u u^T)/||x|| is applied per row. Used by BiFair's ``balance_space: embeddings``.
+        """
+        dim = user_emb.shape[1]
+        with torch.enable_grad():
+            user_rows = user_emb[users].detach().requires_grad_(True)
+            pos_rows = item_emb[pos_items].detach().requires_grad_(True)
+            user_unit = F.normalize(user_rows, dim=-1)
+            item_unit = F.normalize(item_emb.detach(), dim=-1)
+            pos_scores = (user_unit * F.normalize(pos_rows, dim=-1)).sum(-1)
+            dense_negatives = self.n_items <= 8 * neg_items.shape[1]  # as in loss_from_embeddings
+            if dense_negatives:
+                neg_scores = torch.gather(user_unit.detach() @ item_unit.T, 1, neg_items)
+            else:
+                neg_scores = torch.bmm(item_unit[neg_items], user_unit.detach().unsqueeze(2)).squeeze(2)
+            neg_scores.requires_grad_(True)
+            logits = torch.cat([pos_scores.unsqueeze(1), neg_scores], dim=1) / self.tau
+            per_sample = torch.logsumexp(logits, dim=1) - logits[:, 0]
+            keep = sample_group >= 0
+            counts = torch.bincount(sample_group[keep], minlength=n_groups).clamp(min=1)
+            weight = torch.where(keep, 1.0 / counts[sample_group.clamp(min=0)], 0.0)
+            # d(sum_b w_b l_b): each sample's own share, since every leaf row belongs to one sample.
+            # The user rows' gradient here lacks the negatives' path (neg_scores is a leaf).
+            user_grad, pos_grad, neg_grad = torch.autograd.grad((weight * per_sample).sum(), [user_rows, pos_rows, neg_scores])
+        user_unit, item_unit = user_unit.detach(), item_unit
+        # Negatives: d s_bk / d user_unit_b = item_unit[neg_bk]; d s_bk / d item_unit[neg_bk] = user_unit_b.
+        group = sample_group.clamp(min=0)
+        item_unit_out = torch.zeros(n_groups, self.n_items, dim, dtype=item_emb.dtype, device=item_emb.device)
+        if dense_negatives:  # dS [B, I]: one GEMM for the users, one small GEMM per group for the items
+            score_grad = torch.zeros(len(users), self.n_items, dtype=neg_grad.dtype, device=neg_grad.device)
+            score_grad.scatter_add_(1, neg_items, neg_grad)
+            user_unit_grad = score_grad @ item_unit
+            for index in range(n_groups):
+                rows = torch.nonzero(sample_group == index).squeeze(1)
+                item_unit_out[index] = score_grad[rows].T @ user_unit[rows]
+        else:
+            user_unit_grad = torch.bmm(neg_grad.unsqueeze(1), item_unit[neg_items]).squeeze(1)
+            flat_neg = (group.unsqueeze(1) * self.n_items + neg_items)[keep].reshape(-1)
+            neg_values = (neg_grad.unsqueeze(2) * user_unit.unsqueeze(1))[keep].reshape(-1, dim)
+            item_unit_out.view(-1, dim).index_add_(0, flat_neg, neg_values)
+        item_unit_out = item_unit_out.view(-1, dim)
+        user_grad = user_grad + unit_backward(user_rows.detach(), user_unit_grad)
+        user_out = torch.zeros(n_groups * self.n_users, dim, dtype=user_emb.dtype, device=user_emb.device)
+        user_out.index_add_(0, (group * self.n_users + users)[keep], user_grad[keep])
+        item_rows = item_emb.detach().repeat(n_groups, 1)
+        item_out = unit_backward(item_rows, item_unit_out)
+        item_out.index_add_(0, (group * self.n_items + pos_items)[keep], pos_grad[keep])
+        return torch.cat([user_out.view(n_groups, -1), item_out.view(n_groups, -1)], dim=1)
 
     def per_sample_loss(self, interaction) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss [B], pos_items [B]) on a freshly sampled batch."""

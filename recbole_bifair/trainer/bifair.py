@@ -131,12 +131,19 @@ class BalancedLossTrainer(PlainTrainer):
         else:
             output = functional_call(self.model, theta_by_name, batch, kwargs)
         per_sample, space = (output[0], list(output[1:])) if in_embeddings else (output, params)
-        losses, present, _counts = group_losses(per_sample, self.item_group[batch[1]], self.n_groups)
+        sample_groups = self.item_group[batch[1]]
+        losses, present, _counts = group_losses(per_sample, sample_groups, self.n_groups)
         gamma = self.min_group_share / len(losses) if len(losses) > 1 else 0.0
+        grads = None
+        if len(losses) > 1 and in_embeddings:  # all N groups in one pass (see the model method)
+            present_index = torch.full((self.n_groups + 1,), -1, dtype=torch.long, device=present.device)
+            present_index[present] = torch.arange(len(present), device=present.device)
+            grads = self.model.group_embedding_gradients(*space, *batch, present_index[sample_groups], len(present))
+        elif len(losses) > 1:
+            grads = self.group_gradients(losses, space)
         result = balance(
             losses, space, entropy=self.balance_entropy, min_group_weight=gamma,
-            balance_norm=self.balance_norm, max_iter=self.fw_max_iter, tol=self.fw_tol,
-            grads=self.group_gradients(losses, space) if len(losses) > 1 else None,
+            balance_norm=self.balance_norm, max_iter=self.fw_max_iter, tol=self.fw_tol, grads=grads,
         )
         if log:
             self._log_balance(log, losses, present, result)

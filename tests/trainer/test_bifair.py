@@ -100,6 +100,23 @@ def test_theta_gradient_is_the_gradient_of_the_balanced_loss_in_both_spaces(ml10
         assert objective.result.alpha.sum() >= trainer.min_group_share - 1e-6  # the safeguard
 
 
+@pytest.mark.parametrize("num_negatives", [256, 16])  # dense-score path and gather path
+def test_group_embedding_gradients_equal_one_backward_per_group(ml100k_root, num_negatives):
+    from recbole_bifair.trainer.balancing import group_gradients
+    from recbole_bifair.trainer.fair_base import group_losses
+
+    trainer, model, batch = build_trainer(ml100k_root, "AlphaRec", fair_group="genre", num_negatives=num_negatives)
+    per_sample, user_emb, item_emb = model(*batch, return_embeddings=True)
+    groups = trainer.item_group[batch[1]]
+    losses, present, _ = group_losses(per_sample, groups, trainer.n_groups)
+    expected = group_gradients(losses, [user_emb, item_emb], method="loop")
+    index = torch.full((trainer.n_groups + 1,), -1, dtype=torch.long)
+    index[present] = torch.arange(len(present))
+    fast = model.group_embedding_gradients(user_emb, item_emb, *batch, index[groups], len(present))
+    assert len(present) > 5
+    torch.testing.assert_close(fast, expected, rtol=1e-4, atol=1e-6)
+
+
 def test_unflatten_round_trip():
     tensors = [torch.randn(3, 4), torch.randn(5), torch.randn(2, 2)]
     flat = torch.cat([t.flatten() for t in tensors])
