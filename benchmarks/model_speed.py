@@ -5,9 +5,11 @@ Measured side by side in one process, medians of ``--repeats`` alternated runs:
 1. one AlphaRec training epoch vs one epoch of RecBole's LightGCN, same embedding size (64),
    same batch (4096) and number of training samples (the train interactions); AlphaRec uses
    K = 256 sampled negatives per sample, LightGCN 1 (BPR);
-2. AlphaRec's epoch against a FLOP lower bound: the dense multiply-adds of one step (MLP over
-   all U+I rows forward, its backward without the input gradient of the first layer, the
-   propagation, the score GEMM), divided by the measured fp32 GEMM rate of this machine;
+2. AlphaRec's epoch against a FLOP lower bound: the multiply-adds of one step as the model
+   computes it (first layer over the I item rows only — users get M (Z W1) since each row of M
+   sums to 1 — second layer over all U+I rows, their backward without the first layer's input
+   gradient, the sparse user mean of the hidden rows, the propagation, the score GEMM), divided
+   by the measured fp32 GEMM rate of this machine;
 3. full-sort evaluation with the fairness metrics (pop/genre CV and MIN) vs with only
    Recall/NDCG/Hit.
 
@@ -58,10 +60,10 @@ def alpharec_step_flops(model, batch_size: int) -> float:
     """Dense FLOPs (2 x multiply-adds) of one AlphaRec training step, a lower bound."""
     rows, d, h, out = model.n_users + model.n_items, model.llm_dim, model.hidden_size, model.embedding_size
     nnz = model.norm_adj_matrix._nnz()
-    mlp_forward = rows * (d * h + h * out)
-    mlp_backward = rows * (d * h + 2 * h * out)  # weight grads of both layers, input grad of the second
+    mlp_forward = model.n_items * d * h + rows * h * out
+    mlp_backward = model.n_items * d * h + rows * 2 * h * out  # weight grads, input grad of the second layer
     propagation = 2 * model.n_layers * nnz * out  # forward and backward
-    user_mean = model.user_mean._nnz() * d
+    user_mean = 2 * model.user_mean._nnz() * h  # M (Z W1) forward and backward
     k = model.num_negatives
     scores = 3 * batch_size * (model.n_items if model.n_items <= 8 * k else k) * out  # forward + 2 backward
     return 2.0 * (mlp_forward + mlp_backward + propagation + user_mean + scores)
