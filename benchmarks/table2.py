@@ -7,10 +7,12 @@ Separate, BiFair. Each (dataset, group kind, method, config, seed) is trained th
 stopping on valid) and its **test** metrics are read from the results JSON
 ``benchmarks/results/table2/<dataset>.<group>.<method>.<config-tag>.seed<k>.json``.
 
-Stages (``--stage all`` runs grid, final and table in that order):
+Stages (``--stage all`` runs grid, final and table in that order; per group kind, pop first):
 
 - ``grid``: every config of each method's small grid (``GRIDS``) with seed 0.
 - ``final``: the config chosen on seed 0's VALID metrics (rule below) with the other seeds.
+- ``probe``: extra BiFair runs with seed 0 (``PROBES``: the cut min_group_share 0.5, xi = 0,
+  outer batch = next), for the investigation; never selected into the table.
 - ``table``: ``table2.md`` (mean +- std over seeds of the chosen config, test metrics) and the
   accuracy-vs-CV scatter ``<dataset>_recall_vs_cv.png``.
 
@@ -25,7 +27,8 @@ logs them), so its popularity runs also fill its genre row. Runs whose JSON exis
 skipped and listed as not run).
 
     python benchmarks/table2.py --datasets ml100k --groups pop genre --seeds 0 1 2 --epochs 30 \
-        --eval_step 3 --stopping_step 4 [--methods Plain DRORec ...] [--stage grid|final|table|all]
+        --eval_step 3 --stopping_step 4 [--methods AlphaRec DRORec ...] [--stage grid|final|probe|table|all]
+        [--max_minutes 45] [--jobs 2 --threads 1] [--hidden_multiplier 0.28125]
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -75,10 +79,18 @@ PROBES = [
 #: (``balance_space: embeddings``, MGDA-UB: one backward for all groups) instead of over theta's
 #: 18 group gradients; the order puts BiFair right after the cheap methods, and the grids are
 #: cut to the default config (budget).
-GROUP_EXTRA = {("genre", "BiFair"): {"balance_space": "embeddings"}, ("genre", "Separate"): {"balance_space": "embeddings"}}
+GROUP_EXTRA = {
+    ("genre", "BiFair"): {"balance_space": "embeddings"},
+    ("genre", "Separate"): {"balance_space": "embeddings"},
+}
 GENRE_ORDER = ["AlphaRec", "Reweight", "DRORec", "BiFair", "Separate", "MultiFR", "PopDRO", "ITFR"]
 GENRE_GRID_CUT = 1  # configs per method tried on genre groups
-COLUMNS = [("R@20", "recall@20"), ("N@20", "ndcg@20"), ("CV@20", "{g}_cv@20"), ("MIN@20", "{g}_min@20")]
+COLUMNS = [
+    ("R@20", "recall@20"),
+    ("N@20", "ndcg@20"),
+    ("CV@20", "{g}_cv@20"),
+    ("MIN@20", "{g}_min@20"),
+]
 
 
 def grid(group: str, method: str) -> list[dict]:
@@ -111,7 +123,9 @@ def run_one(dataset: str, group: str, method: str, config: dict, seed: int, args
     if time.monotonic() > args.deadline:
         print(f"  skipped (budget) {path.name}", flush=True)
         return None
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1")
+    env = dict(
+        os.environ, OMP_NUM_THREADS=str(args.threads), OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1"
+    )
     command = [
         sys.executable, str(ROOT / "run_recbole.py"), "--model=AlphaRec", f"--dataset={dataset}",
         f"--trainer={METHODS[method]}", f"--fair_group={group}", f"--seed={seed}",
@@ -123,7 +137,9 @@ def run_one(dataset: str, group: str, method: str, config: dict, seed: int, args
     log = RESULTS / "logs" / f"{path.stem}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
-        done = subprocess.run(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+        )
     if done.returncode != 0:
         print(f"  FAILED {path.name} (see {log})", file=sys.stderr, flush=True)
         return None
@@ -173,19 +189,28 @@ def table(args) -> str:
                       "|---" * (len(COLUMNS) + 5) + "|"]  # fmt: skip
             for method in args.methods:
                 config = choose(dataset, group, method, args.within)
-                runs = [] if config is None else [load(result_path(dataset, group, method, config, s)) for s in args.seeds]
+                runs = (
+                    []
+                    if config is None
+                    else [load(result_path(dataset, group, method, config, s)) for s in args.seeds]
+                )
                 runs = [r for r in runs if r is not None]
                 if not runs:
                     lines.append(f"| {method} | not run |" + " |" * (len(COLUMNS) + 3))
                     continue
-                cells = [stats([r["test"].get(key.format(g=group), math.nan) for r in runs]) for _, key in COLUMNS]
+                cells = [
+                    stats([r["test"].get(key.format(g=group), math.nan) for r in runs])
+                    for _, key in COLUMNS
+                ]
                 epochs = [len(r["timing"]["epoch_seconds"]) for r in runs]
-                per_epoch = sum(sum(r["timing"]["epoch_seconds"]) for r in runs) / max(1, sum(epochs))
+                per_epoch = sum(sum(r["timing"]["epoch_seconds"]) for r in runs) / max(
+                    1, sum(epochs)
+                )
                 lines.append(f"| {method} | {tag(config)} | {len(runs)} | " + " | ".join(cells)
                              + f" | {min(epochs)}-{max(epochs)} | {per_epoch:.2f} |")  # fmt: skip
             lines.append("")
             lines += grid_lines(dataset, group, args)
-    return "\n".join(lines)
+    return "\n".join(lines + balance_lines(args))
 
 
 def grid_lines(dataset: str, group: str, args) -> list[str]:
@@ -207,6 +232,29 @@ def grid_lines(dataset: str, group: str, args) -> list[str]:
     return lines + [""]
 
 
+BALANCE = re.compile(
+    r"epoch (\d+) balance; outer: .*? w\[N\] ([\d.]+) sum\(alpha\) ([-\d.]+) \|combined grad\| ([\d.e+-]+);"
+    r".*\|xi hZ\|/\|dZ\| mean ([\d.e+-]+) max ([\d.e+-]+)"
+)
+
+
+def balance_lines(args) -> list[str]:
+    """BiFair's per-epoch log (outer balance: w[N], sum alpha, |combined grad|; |xi hZ|/|dZ|), summarised per run."""
+    lines = ["BiFair balance log (outer level, per-epoch means; first -> last epoch, and the range of ‖xi hZ‖/‖dZ‖):", "",
+             "| run | epochs | w[N] | sum(alpha) | combined-grad norm | mean ‖xi hZ‖/‖dZ‖ (min-max over epochs) | max per step |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for log in sorted((RESULTS / "logs").glob("*.BiFair.*.log")):
+        rows = [m.groups() for m in BALANCE.finditer(log.read_text(errors="replace"))]
+        if not rows:
+            continue
+        first, last = rows[0], rows[-1]
+        means = [float(r[4]) for r in rows]
+        lines.append(f"| {log.stem} | {len(rows)} | {float(first[1]):.3f} -> {float(last[1]):.3f} | "
+                     f"{float(first[2]):.3f} -> {float(last[2]):.3f} | {float(first[3]):.2e} -> {float(last[3]):.2e} | "
+                     f"{statistics.mean(means):.2e} ({min(means):.1e}-{max(means):.1e}) | {max(float(r[5]) for r in rows):.2e} |")  # fmt: skip
+    return lines + [""]
+
+
 def plot(args) -> None:
     import matplotlib
 
@@ -214,18 +262,24 @@ def plot(args) -> None:
     import matplotlib.pyplot as plt
 
     for dataset in args.datasets:
-        fig, axes = plt.subplots(1, len(args.groups), figsize=(5.5 * len(args.groups), 4.5), squeeze=False)
-        for ax, group in zip(axes[0], args.groups):
+        fig, axes = plt.subplots(
+            1, len(args.groups), figsize=(5.5 * len(args.groups), 4.5), squeeze=False
+        )
+        for ax, group in zip(axes[0], args.groups, strict=True):
             for method in args.methods:
                 config = choose(dataset, group, method, args.within)
-                runs = [] if config is None else [load(result_path(dataset, group, method, config, s)) for s in args.seeds]
+                runs = (
+                    []
+                    if config is None
+                    else [load(result_path(dataset, group, method, config, s)) for s in args.seeds]
+                )
                 runs = [r for r in runs if r is not None]
                 if not runs:
                     continue
                 xs = [r["test"][f"{group}_cv@20"] for r in runs]
                 ys = [r["test"]["recall@20"] for r in runs]
                 ax.errorbar(statistics.mean(xs), statistics.mean(ys), xerr=statistics.pstdev(xs), yerr=statistics.pstdev(ys),
-                            fmt="o*"[method == "BiFair"], ms=12 if method == "BiFair" else 7, capsize=3, label=method)  # fmt: skip
+                            fmt="o*"[method == "BiFair"], ms=12 if method == "BiFair" else 7, capsize=3, label=method, color=f"C{list(METHODS).index(method)}")  # fmt: skip
             ax.set_xlabel(f"test {group} CV@20 (lower is fairer)")
             ax.set_ylabel("test Recall@20")
             ax.set_title(f"{dataset}, {group} groups (mean ± std over seeds)")
@@ -237,22 +291,43 @@ def plot(args) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--datasets", nargs="+", default=["ml100k"])
     parser.add_argument("--groups", nargs="+", default=["pop", "genre"], choices=["pop", "genre"])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="paper row names")
+    parser.add_argument(
+        "--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="paper row names"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--stage", default="all", choices=["grid", "final", "probe", "table", "all"])
-    parser.add_argument("--epochs", type=int, default=30, help="maximum epochs per run (the LR decay spans them)")
+    parser.add_argument(
+        "--stage", default="all", choices=["grid", "final", "probe", "table", "all"]
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=30, help="maximum epochs per run (the LR decay spans them)"
+    )
     parser.add_argument("--eval_step", type=int, default=3)
-    parser.add_argument("--stopping_step", type=int, default=4, help="evaluations without improvement")
-    parser.add_argument("--hidden_multiplier", default="0.28125", help="AlphaRec MLP width h = m d (9/32: h = 108 for MiniLM)")
-    parser.add_argument("--within", type=float, default=0.02, help="selection: Recall tolerance of the CV choice")
-    parser.add_argument("--max_minutes", type=float, default=600.0, help="budget for the whole command")
+    parser.add_argument(
+        "--stopping_step", type=int, default=4, help="evaluations without improvement"
+    )
+    parser.add_argument(
+        "--hidden_multiplier",
+        default="0.28125",
+        help="AlphaRec MLP width h = m d (9/32: h = 108 for MiniLM)",
+    )
+    parser.add_argument(
+        "--within", type=float, default=0.02, help="selection: Recall tolerance of the CV choice"
+    )
+    parser.add_argument(
+        "--max_minutes", type=float, default=600.0, help="budget for the whole command"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel")
-    parser.add_argument("--checkpoint_dir", default=str(Path(tempfile.gettempdir()) / "table2_saved"),
-                        help="where the best checkpoints go (outside the repository by default)")
+    parser.add_argument(
+        "--checkpoint_dir",
+        default=str(Path(tempfile.gettempdir()) / "table2_saved"),
+        help="where the best checkpoints go (outside the repository by default)",
+    )
     args = parser.parse_args(argv)
     args.methods = [m for m in METHODS if m in args.methods]  # cheap first
     args.deadline = time.monotonic() + 60 * args.max_minutes
@@ -261,7 +336,14 @@ def main(argv=None) -> int:
     for dataset in args.datasets:
         for group in args.groups:  # pop before genre
             if args.stage in ("grid", "all"):
-                run_batch([(dataset, group, m, c, 0) for m in order(group, args.methods) for c in grid(group, m)], args)
+                run_batch(
+                    [
+                        (dataset, group, m, c, 0)
+                        for m in order(group, args.methods)
+                        for c in grid(group, m)
+                    ],
+                    args,
+                )
             if args.stage in ("final", "all"):
                 tasks = []  # seed-major: a partial result has the same seeds for every method
                 for s in seeds_left:

@@ -6,4 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1
-exec .venv/bin/python run_recbole.py --model=AlphaRec --trainer=BiFair --dataset=ml100k --results_file=runs/main_results.json "$@"
+# properties/main_job.yaml sets a 30-epoch budget; command-line keys override it.
+exec .venv/bin/python run_recbole.py --model=AlphaRec --trainer=BiFair --dataset=ml100k \
+    --config_files=properties/main_job.yaml --results_file=runs/main_results.json "$@"

@@ -147,16 +147,18 @@ def test_row_sparse_adamw_matches_adamw_on_touched_rows_and_keeps_the_rest():
 
 @pytest.mark.parametrize("trainer_name, extra", [
     ("BiFair", []),
-    ("BiFair", ["--model=AlphaRec"]),
-    ("BiFair", ["--fair_group=genre"]),
+    ("BiFair", ["--model=AlphaRec", "--train_batch_size=8192"]),
+    ("BiFair", ["--fair_group=genre", "--balance_space=embeddings"]),
     ("Separate", []),
     ("Plain", ["--model=AlphaRec"]),
 ])
 def test_trainer_runs_two_epochs_and_reports_fairness(ml100k_root, tmp_path, trainer_name, extra):
     model = [a for a in extra if a.startswith("--model=")] or ["--model=LLMLinear"]
     args = [*model, f"--trainer={trainer_name}", "--dataset=ml100k", f"--data_path={ml100k_root}",
-            "--epochs=2", "--train_batch_size=4096", "--num_negatives=64",
+            "--epochs=2", "--num_negatives=64",
             *[a for a in extra if not a.startswith("--model=")]]
+    if not any(a.startswith("--train_batch_size=") for a in args):
+        args.append("--train_batch_size=4096")
     results = train_and_read(args, tmp_path)
     for key in ("recall@20", "pop_cv@20", "pop_min@20", "genre_cv@20", "genre_min@20"):
         assert math.isfinite(results["test"][key]), key
