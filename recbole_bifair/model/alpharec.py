@@ -14,14 +14,13 @@ Findings and Potentials" (ICLR 2025), Section 3 (Eq. 2-4); ALGORITHMS.md section
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from recbole_bifair.errors import ConfigKeyError
 from recbole_bifair.model.llm_base import (
     LLMRecommender,
     lightgcn_propagate,
-    normalized_bipartite_adjacency,
+    train_adjacency,
 )
 from recbole_bifair.registry import register_model
 
@@ -54,15 +53,7 @@ class AlphaRec(LLMRecommender):
             torch.nn.LeakyReLU(0.01),
             torch.nn.Linear(self.hidden_size, self.embedding_size),
         )
-        train = dataset.inter_matrix(form="coo")
-        self.register_buffer(
-            "norm_adj_matrix",
-            normalized_bipartite_adjacency(
-                self.n_users, self.n_items,
-                torch.from_numpy(train.row.astype(np.int64)), torch.from_numpy(train.col.astype(np.int64)),
-            ),
-            persistent=False,
-        )  # fmt: skip
+        self.register_buffer("norm_adj_matrix", train_adjacency(dataset), persistent=False)
 
     def encode(self, user_text, item_text):
         ego = self.projector(torch.cat([user_text, item_text], dim=0))

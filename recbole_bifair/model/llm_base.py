@@ -66,6 +66,15 @@ def normalized_bipartite_adjacency(
     return torch.sparse_coo_tensor(index, values, (size, size)).coalesce()
 
 
+def train_adjacency(dataset) -> torch.Tensor:
+    """A_hat of a RecBole dataset's train interactions (see :func:`normalized_bipartite_adjacency`)."""
+    train = dataset.inter_matrix(form="coo")
+    return normalized_bipartite_adjacency(
+        dataset.user_num, dataset.item_num,
+        torch.from_numpy(train.row.astype(np.int64)), torch.from_numpy(train.col.astype(np.int64)),
+    )
+
+
 def user_mean_matrix(n_users: int, n_items: int, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     """M (U x I): M[u, i] = 1/|I_u| for u's train items, so (M Z)[u] = mean of z_i over I_u."""
     edges = torch.sparse_coo_tensor(

@@ -14,7 +14,6 @@ Recommendation", TKDE 2023, Section 4 (Eq. 8-11).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import GeneralRecommender
@@ -22,7 +21,7 @@ from recbole.model.init import xavier_uniform_initialization
 from recbole.model.loss import BPRLoss, EmbLoss
 from recbole.utils import InputType
 
-from recbole_bifair.model.llm_base import normalized_bipartite_adjacency
+from recbole_bifair.model.llm_base import train_adjacency
 from recbole_bifair.model.sparse_ops import sparse_mm
 from recbole_bifair.registry import register_model
 
@@ -51,15 +50,7 @@ class XSimGCL(GeneralRecommender):
         self.item_embedding = torch.nn.Embedding(self.n_items, self.latent_dim)
         self.mf_loss = BPRLoss()
         self.reg_loss = EmbLoss()
-        train = dataset.inter_matrix(form="coo")
-        self.register_buffer(
-            "norm_adj_matrix",
-            normalized_bipartite_adjacency(
-                self.n_users, self.n_items,
-                torch.from_numpy(train.row.astype(np.int64)), torch.from_numpy(train.col.astype(np.int64)),
-            ),
-            persistent=False,
-        )  # fmt: skip
+        self.register_buffer("norm_adj_matrix", train_adjacency(dataset), persistent=False)
         self.restore_user_e = None
         self.restore_item_e = None
         self.apply(xavier_uniform_initialization)
