@@ -8,13 +8,14 @@ from recbole_bifair.trainer.baselines import (
     ReweightTrainer,
 )
 from recbole_bifair.trainer.bifair import BiFairTrainer, SeparateTrainer
-from recbole_bifair.trainer.fair_base import PlainTrainer
+from recbole_bifair.trainer.fair_base import PlainLearnZTrainer, PlainTrainer
 
 __all__ = [
     "BiFairTrainer",
     "DRORecTrainer",
     "ITFRTrainer",
     "MultiFRTrainer",
+    "PlainLearnZTrainer",
     "PlainTrainer",
     "PopDROTrainer",
     "ReweightTrainer",

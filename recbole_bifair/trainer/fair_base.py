@@ -192,3 +192,31 @@ class PlainTrainer(Trainer):
         for scheduler, state in zip(self.schedulers, checkpoint.get("schedulers", []), strict=False):
             scheduler.load_state_dict(state)
         self.global_step = checkpoint.get("global_step", self.global_step)
+
+
+@register_trainer
+class PlainLearnZTrainer(PlainTrainer):
+    """The plain loss with the LLM item table Z learnable too (ALGORITHMS.md 9.4).
+
+    The reference that separates what BiFair gains from learning Z at all from what it gains
+    from the balanced loss and the bi-level update. theta and Z are updated together from one
+    backward of the plain mean loss: AdamW with ``learning_rate``/``weight_decay`` on theta and
+    ``z_learning_rate``/``z_weight_decay`` on Z (dense AdamW), both with the polynomial decay.
+    """
+
+    def __init__(self, config, model):
+        check_model_api(model, "PlainLearnZ")
+        model.set_item_table_learnable(True)
+        super().__init__(config, model)
+
+    def _build_optimizer(self, **kwargs):
+        z_learning_rate = float(self.config["z_learning_rate"] or 1e-4)
+        z_weight_decay = float(self.config["z_weight_decay"] or 0.0)
+        return torch.optim.AdamW(
+            [
+                {"params": self.model.projector_parameters()},
+                {"params": [self.model.item_table], "lr": z_learning_rate, "weight_decay": z_weight_decay},
+            ],
+            lr=self.learning_rate,
+            weight_decay=self.weight_decay,
+        )

@@ -117,6 +117,24 @@ def test_group_embedding_gradients_equal_one_backward_per_group(ml100k_root, num
     torch.testing.assert_close(fast, expected, rtol=1e-4, atol=1e-6)
 
 
+def test_plain_learn_z_updates_theta_and_z(ml100k_root):
+    from recbole_bifair.quick_start import build_config, build_data
+    from recbole_bifair.registry import get_model
+    from recbole_bifair.trainer.fair_base import PlainLearnZTrainer
+
+    config = build_config("LLMLinear", "ml100k", config_dict={
+        "data_path": str(ml100k_root), "trainer": "PlainLearnZ", "num_negatives": 16, "epochs": 1})
+    _dataset, train_data, _valid, _test = build_data(config)
+    model = get_model("LLMLinear")(config, train_data._dataset)
+    trainer = PlainLearnZTrainer(config, model)
+    trainer.setup_training(train_data)
+    table, weight = model.item_table.detach().clone(), model.projector.weight.detach().clone()
+    trainer.train_step(next(iter(train_data)))
+    assert not torch.equal(model.item_table.detach(), table)
+    assert not torch.equal(model.projector.weight.detach(), weight)
+    assert trainer.optimizer.param_groups[1]["lr"] == pytest.approx(1e-4)
+
+
 def test_unflatten_round_trip():
     tensors = [torch.randn(3, 4), torch.randn(5), torch.randn(2, 2)]
     flat = torch.cat([t.flatten() for t in tensors])
@@ -151,6 +169,7 @@ def test_row_sparse_adamw_matches_adamw_on_touched_rows_and_keeps_the_rest():
     ("BiFair", ["--fair_group=genre", "--balance_space=embeddings"]),
     ("Separate", []),
     ("Plain", ["--model=AlphaRec"]),
+    ("PlainLearnZ", []),
 ])
 def test_trainer_runs_two_epochs_and_reports_fairness(ml100k_root, tmp_path, trainer_name, extra):
     model = [a for a in extra if a.startswith("--model=")] or ["--model=LLMLinear"]
