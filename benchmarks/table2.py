@@ -52,10 +52,12 @@ RESULTS = ROOT / "benchmarks" / "results" / "table2"
 METHODS = {
     "AlphaRec": "Plain", "Reweight": "Reweight", "DRORec": "DRORec", "MultiFR": "MultiFR",
     "PopDRO": "PopDRO", "ITFR": "ITFR", "Separate": "Separate", "BiFair": "BiFair",
+    "PlainLearnZ": "PlainLearnZ",
 }  # fmt: skip
 #: Small grids of each method's main knob(s), inside the paper's ranges; the first is the default.
 GRIDS: dict[str, list[dict]] = {
     "AlphaRec": [{}],
+    "PlainLearnZ": [{"z_learning_rate": 0.001}],  # BiFair's chosen Z learning rate
     "Reweight": [{}],
     "DRORec": [{"dro_eta": 0.01}, {"dro_eta": 0.1}],
     "MultiFR": [{"multifr_min_group_weight": 0.0}],
