@@ -197,6 +197,16 @@ def run(
         "model_file": str(Path(trainer.saved_model_file).resolve()) if saved else None,
     }
     logger.info("test result: " + json.dumps(results["test"]))
+    selection = getattr(trainer, "fair_selection", None)
+    if selection is not None and saved and selection.chosen() is not None:
+        chosen = selection.chosen()
+        fair_test = trainer.evaluate(test_data, load_best_model=True, model_file=chosen.path)
+        results["fair_selection"] = {
+            "rule": f"lowest valid {selection.metric} within {selection.tolerance:.0%} of the best valid score",
+            "epoch": chosen.epoch, "valid": _flat(chosen.valid), "test": _flat(fair_test),
+            "model_file": str(Path(chosen.path).resolve()),
+        }
+        logger.info("fair-selection test result: " + json.dumps(results["fair_selection"]["test"]))
     if results_file:
         write_results(results, results_file)
     return results

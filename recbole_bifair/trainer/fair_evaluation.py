@@ -34,6 +34,7 @@ from recbole_bifair.checkpoint import (
 from recbole_bifair.errors import NonFiniteLossError
 from recbole_bifair.evaluator.collector import FairCollector
 from recbole_bifair.evaluator.metrics import compute_group_utilities
+from recbole_bifair.trainer.fair_selection import FairSelection
 
 
 class FairEvaluationMixin:
@@ -45,6 +46,12 @@ class FairEvaluationMixin:
         self.epoch_seconds: list[float] = []
         self.eval_seconds: list[float] = []
         self.current_epoch = -1
+        # ALGORITHMS.md 9.6: optional fairness-aware selection, reported beside the paper's.
+        metric = config["fair_selection"]
+        self.fair_selection = (
+            FairSelection(metric, config["fair_selection_tolerance"] or 0.02, self.saved_model_file)
+            if metric else None
+        )
         self.last_valid_score: float | None = None
         self._epoch_batches = 0
         self._resume_state: dict | None = None  # applied when the first resumed epoch starts
@@ -66,6 +73,11 @@ class FairEvaluationMixin:
         self.last_valid_score = float(valid_score)
         for hook in self.evaluation_hooks:
             hook(self.current_epoch, valid_result)
+        if self.fair_selection is not None:
+            self.fair_selection.observe(
+                self.current_epoch, float(valid_score), dict(valid_result),
+                lambda path: self._save_checkpoint(self.current_epoch, verbose=False, saved_model_file=path),
+            )
         return valid_score, valid_result
 
     def progress_figures(self) -> dict:
