@@ -176,6 +176,15 @@ def stats(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.pstdev(values):.4f}"
 
 
+def chosen_runs(dataset: str, group: str, method: str, args) -> tuple[dict | None, list[dict]]:
+    """The config chosen for ``method`` and the results of its seeds that exist."""
+    config = choose(dataset, group, method, args.within)
+    if config is None:
+        return None, []
+    runs = [load(result_path(dataset, group, method, config, seed)) for seed in args.seeds]
+    return config, [run for run in runs if run is not None]
+
+
 def table(args) -> str:
     lines = [
         f"Test metrics @20 (mean ± std over seeds, ddof 0) of each method's config chosen on seed 0's valid split "
@@ -190,13 +199,7 @@ def table(args) -> str:
                       "| method | config | seeds | " + " | ".join(h for h, _ in COLUMNS) + " | epochs | s/epoch |",
                       "|---" * (len(COLUMNS) + 5) + "|"]  # fmt: skip
             for method in args.methods:
-                config = choose(dataset, group, method, args.within)
-                runs = (
-                    []
-                    if config is None
-                    else [load(result_path(dataset, group, method, config, s)) for s in args.seeds]
-                )
-                runs = [r for r in runs if r is not None]
+                config, runs = chosen_runs(dataset, group, method, args)
                 if not runs:
                     lines.append(f"| {method} | not run |" + " |" * (len(COLUMNS) + 3))
                     continue
@@ -269,13 +272,7 @@ def plot(args) -> None:
         )
         for ax, group in zip(axes[0], args.groups, strict=True):
             for method in args.methods:
-                config = choose(dataset, group, method, args.within)
-                runs = (
-                    []
-                    if config is None
-                    else [load(result_path(dataset, group, method, config, s)) for s in args.seeds]
-                )
-                runs = [r for r in runs if r is not None]
+                config, runs = chosen_runs(dataset, group, method, args)
                 if not runs:
                     continue
                 xs = [r["test"][f"{group}_cv@20"] for r in runs]

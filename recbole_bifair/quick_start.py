@@ -212,19 +212,21 @@ def run(
     return results
 
 
+def finite_json(value: Any) -> Any:
+    """``value`` with NaN/inf floats turned into None, for strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_json(v) for v in value]
+    return value
+
+
 def write_results(results: dict, path: str | Path) -> None:
     """Write the results JSON atomically (non-finite numbers become null)."""
-    def finite(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: finite(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [finite(v) for v in value]
-        return value
-
     with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(finite(results), indent=2), encoding="utf-8")
+        tmp.write_text(json.dumps(finite_json(results), indent=2), encoding="utf-8")
 
 
 def load_data_and_model(model_file: str | Path):

@@ -43,6 +43,7 @@ from typing import Any
 import yaml
 
 from recbole_bifair.errors import PluginError
+from recbole_bifair.quick_start import finite_json
 
 SETTINGS_FILE = "search_settings.json"
 TRIAL_SUMMARY_FILE = "trial_summary.json"
@@ -756,7 +757,7 @@ def finish(settings: SearchSettings, result_grid, run_dir: Path) -> str:
         "best_valid_score": best.best_valid_score, "best_epoch": best.best_epoch,
         "model_file": best.model_file, "test": test,
     }
-    (run_dir / BEST_TEST).write_text(json.dumps(_finite(payload), indent=2), encoding="utf-8")
+    (run_dir / BEST_TEST).write_text(json.dumps(finite_json(payload), indent=2), encoding="utf-8")
     counts = ", ".join(f"{sum(r.status == s for r in rows)} {s.lower()}"
                        for s in ("COMPLETED", "STOPPED", "ERROR") if any(r.status == s for r in rows))
     params = " ".join(f"{k}={v}" for k, v in best.params.items())
@@ -765,17 +766,6 @@ def finish(settings: SearchSettings, result_grid, run_dir: Path) -> str:
         f"test {settings.metric}={test.get(settings.metric, math.nan):.4f}; "
         f"{len(rows)} trials ({counts}); outputs in {run_dir}"
     )
-
-
-def _finite(value: Any) -> Any:
-    """NaN/inf as null, for strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 # --------------------------------------------------------------------------------------------
