@@ -2,7 +2,8 @@
 
 Measured side by side in one process, medians of ``--repeats`` alternated runs:
 
-1. one AlphaRec training epoch vs one epoch of RecBole's LightGCN, same embedding size (64),
+1. one AlphaRec training epoch (at each ``--hidden_multipliers`` width, the spec's m = 8 first)
+   vs one epoch of RecBole's LightGCN, same embedding size (64),
    same batch (4096) and number of training samples (the train interactions); AlphaRec uses
    K = 256 sampled negatives per sample, LightGCN 1 (BPR);
 2. AlphaRec's epoch against a FLOP lower bound: the multiply-adds of one step as the model
@@ -65,7 +66,10 @@ def alpharec_step_flops(model, batch_size: int) -> float:
     propagation = 2 * model.n_layers * nnz * out  # forward and backward
     user_mean = 2 * model.user_mean._nnz() * h  # M (Z W1) forward and backward
     k = model.num_negatives
-    scores = 3 * batch_size * (model.n_items if model.n_items <= 8 * k else k) * out  # forward + 2 backward
+    if model.n_items <= 8 * k:  # dense scores over the batch's distinct users (user-uniform: all of them)
+        scores = 3 * min(batch_size, len(model.users_with_items)) * model.n_items * out  # forward + 2 backward
+    else:
+        scores = 3 * batch_size * k * out
     return 2.0 * (mlp_forward + mlp_backward + propagation + user_mean + scores)
 
 
@@ -73,39 +77,55 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="ml100k")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--eval_repeats", type=int, default=9,
+        help="alternated evaluations of each kind (short and noisy on a shared CPU: take many)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--hidden_multipliers", nargs="+", type=float, default=[8.0, 1.0, 0.28125],
+        help="AlphaRec widths h = m d to time against LightGCN (the first is the spec's, m = 8 for "
+        "BERT-size encoders, and is the one the evaluation timing uses)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     print(f"torch threads {torch.get_num_threads()}")
     peak = gemm_gflops()
     print(f"fp32 GEMM 2048^3: {peak:.0f} GFLOP/s")
 
-    alpharec, alpharec_trainer, alpharec_train, valid_data = build("AlphaRec", args.dataset)
+    widths = {}  # hidden_multiplier -> (model, trainer, train data)
+    for multiplier in args.hidden_multipliers:
+        model, trainer, train, valid = build("AlphaRec", args.dataset, hidden_multiplier=multiplier)
+        widths[multiplier] = (model, trainer, train)
+    valid_data = valid
+    alpharec, alpharec_trainer, alpharec_train = widths[args.hidden_multipliers[0]]
     _lightgcn, lightgcn_trainer, lightgcn_train, _ = build("LightGCN", args.dataset)
-    epoch_times = {"AlphaRec": [], "LightGCN": []}
+    epoch_times = {**{m: [] for m in widths}, "LightGCN": []}
     for repeat in range(args.repeats + 1):  # the first round warms up
-        a = timed(alpharec_trainer._train_epoch, alpharec_train, repeat)
-        b = timed(lightgcn_trainer._train_epoch, lightgcn_train, repeat)
+        for multiplier, (_model, trainer, train) in widths.items():
+            seconds = timed(trainer._train_epoch, train, repeat)
+            if repeat:
+                epoch_times[multiplier].append(seconds)
+        seconds = timed(lightgcn_trainer._train_epoch, lightgcn_train, repeat)
         if repeat:
-            epoch_times["AlphaRec"].append(a)
-            epoch_times["LightGCN"].append(b)
-    alpharec_epoch = statistics.median(epoch_times["AlphaRec"])
+            epoch_times["LightGCN"].append(seconds)
     lightgcn_epoch = statistics.median(epoch_times["LightGCN"])
     samples = len(alpharec_train._dataset)
     steps = math.ceil(samples / 4096)
-    print(f"train samples per epoch {samples} ({steps} steps of <= 4096); AlphaRec h = {alpharec.hidden_size}, "
-          f"d = {alpharec.llm_dim}, K = {alpharec.num_negatives}")  # fmt: skip
-    print(f"epoch seconds: AlphaRec {alpharec_epoch:.3f}  LightGCN {lightgcn_epoch:.3f}  "
-          f"ratio {alpharec_epoch / lightgcn_epoch:.2f}x (target <= 1.5x)")  # fmt: skip
-    flops = steps * alpharec_step_flops(alpharec, 4096)
-    bound = flops / (peak * 1e9)
-    print(f"AlphaRec epoch FLOP lower bound {flops / 1e9:.1f} GFLOP -> {bound:.3f} s at {peak:.0f} GFLOP/s; "
-          f"measured / bound = {alpharec_epoch / bound:.2f}")  # fmt: skip
+    print(f"train samples per epoch {samples} ({steps} steps of <= 4096); d = {alpharec.llm_dim}, "
+          f"K = {alpharec.num_negatives}; LightGCN epoch {lightgcn_epoch:.3f} s")  # fmt: skip
+    for multiplier, (model, _trainer, _train) in widths.items():
+        epoch = statistics.median(epoch_times[multiplier])
+        flops = steps * alpharec_step_flops(model, 4096)
+        bound = flops / (peak * 1e9)
+        print(f"AlphaRec hidden_multiplier {multiplier} (h = {model.hidden_size}): epoch {epoch:.3f} s, "
+              f"ratio to LightGCN {epoch / lightgcn_epoch:.2f}x (target <= 1.5x); FLOP lower bound "
+              f"{flops / 1e9:.1f} GFLOP -> {bound:.3f} s at {peak:.0f} GFLOP/s, measured / bound = {epoch / bound:.2f}")  # fmt: skip
 
     _, overall_trainer, overall_train, overall_valid = build(
-        "AlphaRec", args.dataset, metrics=["Recall", "NDCG", "Hit"]
+        "AlphaRec", args.dataset, metrics=["Recall", "NDCG", "Hit"], hidden_multiplier=args.hidden_multipliers[0]
     )
     overall_trainer.model.load_state_dict(alpharec.state_dict())
     eval_times = {"fair": [], "overall": []}
-    for repeat in range(args.repeats + 1):
+    for repeat in range(args.eval_repeats + 1):
         a = timed(alpharec_trainer.evaluate, valid_data, load_best_model=False)
         b = timed(overall_trainer.evaluate, overall_valid, load_best_model=False)
         if repeat:

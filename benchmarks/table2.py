@@ -9,7 +9,8 @@ stopping on valid) and its **test** metrics are read from the results JSON
 
 Stages (``--stage all`` runs grid, final and table in that order; per group kind, pop first):
 
-- ``grid``: every config of each method's small grid (``GRIDS``) with seed 0.
+- ``grid``: every config of each method's small grid (``GRIDS``) with seed 0 (with
+  ``--transfer_from DATASET``: only the config chosen on DATASET, for data too large to grid).
 - ``final``: the config chosen on seed 0's VALID metrics (rule below) with the other seeds.
 - ``probe``: extra BiFair runs with seed 0 (``PROBES``: the cut min_group_share 0.5, xi = 0,
   outer batch = next), for the investigation; never selected into the table.
@@ -21,8 +22,8 @@ whose valid Recall@20 is within ``--within`` (2%) of the method's best valid Rec
 with the lowest valid CV@20 of the group kind being balanced.
 
 Runs go cheap methods first and popularity groups before genre groups, so a partial result is
-still a complete popularity table. The Plain trainer does not depend on the groups (it only
-logs them), so its popularity runs also fill its genre row. Runs whose JSON exists are skipped
+still a complete popularity table. The Plain and PlainLearnZ trainers do not depend on the groups
+(they only log them), so their popularity runs also fill their genre rows. Runs whose JSON exists are skipped
 (resumable); ``--max_minutes`` bounds the whole command (runs that would start after it are
 skipped and listed as not run).
 
@@ -85,7 +86,11 @@ GROUP_EXTRA = {
     ("genre", "BiFair"): {"balance_space": "embeddings"},
     ("genre", "Separate"): {"balance_space": "embeddings"},
 }
-GENRE_ORDER = ["AlphaRec", "Reweight", "DRORec", "BiFair", "Separate", "MultiFR", "PopDRO", "ITFR"]
+GENRE_ORDER = [
+    "AlphaRec", "PlainLearnZ", "Reweight", "DRORec", "BiFair", "Separate", "MultiFR", "PopDRO", "ITFR",
+]  # fmt: skip
+#: Methods whose loss ignores the groups (they only log them): one set of runs serves both kinds.
+GROUP_FREE = {"AlphaRec", "PlainLearnZ"}
 GENRE_GRID_CUT = 1  # configs per method tried on genre groups
 COLUMNS = [
     ("R@20", "recall@20"),
@@ -95,9 +100,29 @@ COLUMNS = [
 ]
 
 
-def grid(group: str, method: str) -> list[dict]:
+#: ``--transfer_from``: datasets whose grid is replaced by the config chosen on another dataset.
+TRANSFER: dict[str, str] = {}
+
+
+#: games (14.5k items, 26k graph rows): BiFair and Separate run the cheap variant of the balance,
+#: first order in the output-embedding space (2.2x a plain epoch on ml100k, against 7.4x for the
+#: literal params space with xi = lr: 45 s against about 150 s per epoch here). On ml100k the
+#: second-order term was 0.4-1.2% of dZ and xi = 0 landed within seed noise (table2.md).
+DATASET_EXTRA = {
+    ("games", "BiFair"): {"balance_space": "embeddings", "xi": 0},
+    ("games", "Separate"): {"balance_space": "embeddings", "xi": 0},
+}
+
+
+def grid(dataset: str, group: str, method: str) -> list[dict]:
+    if dataset in TRANSFER:  # no grid here: the config chosen on the source dataset's valid split
+        chosen = choose(TRANSFER[dataset], group, method, TRANSFER_WITHIN)
+        return [] if chosen is None else [{**chosen, **DATASET_EXTRA.get((dataset, method), {})}]
     configs = GRIDS[method] if group == "pop" else GRIDS[method][:GENRE_GRID_CUT]
     return [{**c, **GROUP_EXTRA.get((group, method), {})} for c in configs]
+
+
+TRANSFER_WITHIN = 0.02
 
 
 def order(group: str, methods: list[str]) -> list[str]:
@@ -109,7 +134,7 @@ def tag(config: dict) -> str:
 
 
 def result_path(dataset: str, group: str, method: str, config: dict, seed: int) -> Path:
-    if method == "AlphaRec":
+    if method in GROUP_FREE:
         group = "pop"  # the plain loss ignores the groups: one set of runs serves both tables
     return RESULTS / f"{dataset}.{group}.{method}.{tag(config)}.seed{seed}.json"
 
@@ -153,7 +178,7 @@ def run_one(dataset: str, group: str, method: str, config: dict, seed: int, args
 
 def choose(dataset: str, group: str, method: str, within: float) -> dict | None:
     """The selection rule on seed 0's valid metrics; None if no grid run exists."""
-    done = [(c, load(result_path(dataset, group, method, c, 0))) for c in grid(group, method)]
+    done = [(c, load(result_path(dataset, group, method, c, 0))) for c in grid(dataset, group, method)]
     done = [(c, r) for c, r in done if r is not None]
     if not done:
         return None
@@ -224,7 +249,7 @@ def grid_lines(dataset: str, group: str, args) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for method in args.methods:
         chosen = choose(dataset, group, method, args.within)
-        configs = grid(group, method) + (PROBES if method == "BiFair" and group == "pop" else [])
+        configs = grid(dataset, group, method) + (PROBES if method == "BiFair" and group == "pop" else [])
         for config in configs:
             r = load(result_path(dataset, group, method, config, 0))
             if r is None:
@@ -327,7 +352,16 @@ def main(argv=None) -> int:
         default=str(Path(tempfile.gettempdir()) / "table2_saved"),
         help="where the best checkpoints go (outside the repository by default)",
     )
+    parser.add_argument(
+        "--transfer_from", default=None, metavar="DATASET",
+        help="run no grid on --datasets: each method uses the config chosen on DATASET's valid "
+        "split (its seed-0 grid runs must exist); for data too large to grid here",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    global TRANSFER_WITHIN
+    TRANSFER_WITHIN = args.within
+    if args.transfer_from:
+        TRANSFER.update({d: args.transfer_from for d in args.datasets if d != args.transfer_from})
     args.methods = [m for m in METHODS if m in args.methods]  # cheap first
     args.deadline = time.monotonic() + 60 * args.max_minutes
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -339,7 +373,7 @@ def main(argv=None) -> int:
                     [
                         (dataset, group, m, c, 0)
                         for m in order(group, args.methods)
-                        for c in grid(group, m)
+                        for c in grid(dataset, group, m)
                     ],
                     args,
                 )

@@ -13,9 +13,13 @@ import numpy as np
 import pytest
 import torch
 from helpers import run_cli
+from recbole.utils import init_seed
 
-from recbole_bifair.checkpoint import CheckpointError, load_checkpoint
+from recbole_bifair.checkpoint import CheckpointError, load_checkpoint, resume_path
 from recbole_bifair.data.encode import sidecar_path
+from recbole_bifair.errors import NonFiniteLossError
+from recbole_bifair.quick_start import build_config, build_data, build_trainer
+from recbole_bifair.registry import get_model
 
 TOY_YAML = """USER_ID_FIELD: user_id
 ITEM_ID_FIELD: item_id
@@ -166,7 +170,8 @@ def test_embedding_file_with_nan_through_the_command_line(ml100k_root, tmp_path)
 
 @pytest.mark.parametrize("args", [["--model=BPR"], ["--model=LLMLinear", "--trainer=Plain"]], ids=["stock", "plugin"])
 def test_non_finite_loss_names_the_epoch_and_keeps_the_checkpoint(args, ml100k_root, tmp_path):
-    # Epoch 0 trains normally and writes its checkpoints; the loss explodes afterwards.
+    # The one-line error through the command line; with lr 1e30 the loss may explode in epoch 0,
+    # before any checkpoint (the next test poisons the weights after one, deterministically).
     done = run_cli([*args, "--dataset=ml100k", f"--data_path={ml100k_root}", "--epochs=3",
                     "--learning_rate=1e30", "--metrics=['Recall']", "--num_negatives=16"], cwd=tmp_path, timeout=180)
     line = assert_one_line_error(done, "training loss became", "at epoch", "lower learning_rate")
@@ -174,6 +179,32 @@ def test_non_finite_loss_names_the_epoch_and_keeps_the_checkpoint(args, ml100k_r
         assert ".resume" in line
         kept = sorted((tmp_path / "saved").glob("*.resume"))
         assert kept and load_checkpoint(kept[0])["resume"]
+
+
+@pytest.mark.parametrize("model_name", ["BPR", "LLMLinear"], ids=["stock", "plugin"])
+def test_loss_turning_nan_after_a_checkpoint_keeps_the_last_good_state(model_name, ml100k_root, tmp_path):
+    """Deterministic: epoch 0 trains and writes its checkpoints, then the weights are poisoned."""
+    settings = {"data_path": str(ml100k_root), "epochs": 3, "eval_step": 1, "metrics": ["Recall"],
+                "topk": [20], "valid_metric": "Recall@20", "checkpoint_dir": str(tmp_path), "num_negatives": 16}
+    config = build_config(model_name, "ml100k", config_dict=settings)
+    init_seed(config["seed"], True)
+    _dataset, train_data, valid_data, _test = build_data(config)
+    trainer = build_trainer(config, get_model(model_name)(config, train_data._dataset).to(config["device"]))
+
+    def poison(epoch_idx, _valid_score):
+        if epoch_idx == 0:
+            with torch.no_grad():
+                for parameter in trainer.model.parameters():
+                    parameter.fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLossError) as raised:
+        trainer.fit(train_data, valid_data, saved=True, callback_fn=poison)
+    message = str(raised.value)
+    resume = resume_path(trainer.saved_model_file)
+    assert "at epoch 1" in message and f"--resume={resume}" in message and "lower learning_rate" in message
+    kept = load_checkpoint(resume)
+    assert kept["resume"] and kept["epoch"] == 0
+    assert all(torch.isfinite(value).all() for value in kept["state_dict"].values() if value.is_floating_point())
 
 
 def test_cuda_asked_for_without_cuda_warns_and_runs_on_cpu(ml100k_root, tmp_path):

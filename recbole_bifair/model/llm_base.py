@@ -291,11 +291,27 @@ class LLMRecommender(GeneralRecommender):
         item_unit = F.normalize(item_emb, dim=-1)
         pos_scores = (user_unit * item_unit[pos_items]).sum(-1)
         if self.n_items <= 8 * neg_items.shape[1]:  # few items: one GEMM over all items is cheaper
-            neg_scores = torch.gather(user_unit @ item_unit.T, 1, neg_items)
+            neg_scores = self._dense_negative_scores(user_emb, user_unit, item_unit, users, neg_items)
         else:  # many items: gather the K negatives per row
             neg_scores = torch.bmm(item_unit[neg_items], user_unit.unsqueeze(2)).squeeze(2)
         logits = torch.cat([pos_scores.unsqueeze(1), neg_scores], dim=1) / self.tau
         return torch.logsumexp(logits, dim=1) - logits[:, 0]
+
+    @staticmethod
+    def _dense_negative_scores(user_emb, user_unit, item_unit, users, neg_items) -> torch.Tensor:
+        """Scores of the sampled negatives read from a dense user x item cosine matrix.
+
+        The user-uniform sampler repeats users within a batch (4096 samples over 845 users on
+        ml100k), so when at most half the rows are distinct the GEMM runs over the distinct
+        users only and each sample reads its row through a flat gather: the same values, about
+        B / U' fewer multiply-adds forward and backward (benchmarks/README.md, model speed).
+        """
+        distinct, inverse = torch.unique(users, return_inverse=True)
+        if 2 * distinct.numel() > users.numel():
+            return torch.gather(user_unit @ item_unit.T, 1, neg_items)
+        scores = F.normalize(user_emb[distinct], dim=-1) @ item_unit.T  # [U', I]
+        flat = (inverse.unsqueeze(1) * item_unit.shape[0] + neg_items).reshape(-1)
+        return torch.gather(scores.reshape(-1), 0, flat).view_as(neg_items)
 
     @torch.no_grad()
     def group_embedding_gradients(self, user_emb, item_emb, users, pos_items, neg_items,

@@ -173,6 +173,7 @@ class FairEvaluationMixin:
             epoch_seconds=list(self.epoch_seconds),
             eval_seconds=list(self.eval_seconds),
             trainer_phase=getattr(self, "phase", None),
+            fair_front=self.fair_selection.state() if self.fair_selection is not None else None,
             **self.extra_checkpoint_state(),
         )
         return path
@@ -210,6 +211,9 @@ class FairEvaluationMixin:
             self.best_valid_result = dict(checkpoint["best_valid_result"]) or None
             self.epoch_seconds = list(checkpoint.get("epoch_seconds", []))
             self.eval_seconds = list(checkpoint.get("eval_seconds", []))
+            if self.fair_selection is not None:  # the Pareto front so far, beside the original best model
+                self.fair_selection.base_path = self.saved_model_file
+                self.fair_selection.restore(checkpoint.get("fair_front") or [])
         else:  # a best-model file: continue from the best state (no RNG states saved)
             self.saved_model_file = str(resume_file)
         restore_model(self.model, checkpoint)

@@ -51,6 +51,7 @@ class FairSelection:
     def __init__(self, metric: str, tolerance: float, base_path: str):
         self.metric, self.tolerance, self.base_path = metric.lower(), float(tolerance), base_path
         self.front: list[Candidate] = []
+        self.last_observed: Candidate | None = None
 
     def observe(self, epoch: int, score: float, valid: dict, save) -> None:
         """Record one validation; ``save(path)`` writes the current model if it joins the front."""
@@ -58,12 +59,22 @@ class FairSelection:
             raise KeyError(f"fair_selection metric {self.metric!r} is not among the valid metrics {sorted(valid)}")
         candidate = Candidate(epoch, float(score), float(valid[self.metric]),
                               f"{self.base_path}.fair-epoch{epoch}", dict(valid))
+        self.last_observed = candidate
         self.front, dropped, joined = update_front(self.front, candidate)
         if joined:
             save(candidate.path)
         for old in dropped:
             if os.path.exists(old.path):
                 os.remove(old.path)
+
+    def state(self) -> list[dict]:
+        """The front as plain data, for the resume checkpoint."""
+        return [{"epoch": int(c.epoch), "score": float(c.score), "fairness": float(c.fairness), "path": str(c.path),
+                 "valid": {str(k): float(v) for k, v in c.valid.items()}} for c in self.front]  # weights_only-safe
+
+    def restore(self, state: list[dict]) -> None:
+        """The front of a resumed run; candidates whose checkpoint file is gone are dropped."""
+        self.front = [Candidate(**entry) for entry in state if os.path.exists(entry["path"])]
 
     def chosen(self) -> Candidate | None:
         return choose(self.front, self.tolerance) if self.front else None

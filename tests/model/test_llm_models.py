@@ -11,6 +11,7 @@ from recbole.utils import init_seed
 
 from recbole_bifair.model.alpharec import hidden_width
 from recbole_bifair.model.llm_base import (
+    LLMRecommender,
     lightgcn_propagate,
     normalized_bipartite_adjacency,
     user_mean_matrix,
@@ -118,6 +119,24 @@ def test_per_sample_loss_matches_direct_formula(alpharec):
         logits = cosines / model.tau
         expected = -torch.log(torch.exp(logits[0]) / torch.exp(logits).sum())
         torch.testing.assert_close(losses[row], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_distinct_user_scores_equal_the_full_batch_gemm():
+    """The repeated-user shortcut of the dense negative scores: same values and gradients."""
+    torch.manual_seed(3)
+    user_emb = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    item_unit = F.normalize(torch.randn(9, 4, dtype=torch.float64), dim=-1)
+    users = torch.tensor([4, 1, 4, 4, 1, 0, 1, 4])  # 3 distinct of 8: the shortcut applies
+    neg_items = torch.randint(0, 9, (8, 5))
+    weights = torch.randn(8, 5, dtype=torch.float64)
+    user_unit = F.normalize(user_emb[users], dim=-1)
+    fast = LLMRecommender._dense_negative_scores(user_emb, user_unit, item_unit, users, neg_items)
+    (fast_grad,) = torch.autograd.grad((weights * fast).sum(), user_emb)
+    full = torch.gather(user_unit @ item_unit.T, 1, neg_items)
+    (full_grad,) = torch.autograd.grad((weights * full).sum(), user_emb)
+    torch.testing.assert_close(fast, full)
+    torch.testing.assert_close(fast_grad, full_grad)
+    assert fast_grad.abs().sum() > 0
 
 
 def test_negatives_never_in_train_set(linear):

@@ -3,6 +3,7 @@
 import math
 import os
 
+import pytest
 from helpers import train_and_read
 
 from recbole_bifair.trainer.fair_selection import Candidate, FairSelection, choose, update_front
@@ -40,3 +41,49 @@ def test_fair_selection_is_reported_separately(ml100k_root, tmp_path):
     assert chosen["valid"]["recall@20"] >= 0.95 * results["best_valid_score"] - 1e-9
     assert chosen["valid"]["pop_cv@20"] <= results["valid"]["pop_cv@20"] + 1e-9
     assert all(math.isfinite(chosen["test"][k]) for k in ("recall@20", "pop_cv@20", "pop_min@20"))
+
+
+def test_front_survives_a_resume(ml100k_root, tmp_path):
+    """The resume checkpoint carries the front; a resumed trainer continues it, not a new one."""
+    import torch
+    from recbole.utils import init_seed
+
+    from recbole_bifair.checkpoint import resume_path
+    from recbole_bifair.quick_start import build_config, build_data, build_trainer
+    from recbole_bifair.registry import get_model
+
+    settings = {"data_path": str(ml100k_root), "eval_step": 1, "num_negatives": 16, "checkpoint_dir": str(tmp_path),
+                "fair_selection": "pop_cv@20", "fair_selection_tolerance": 0.5, "trainer": "Plain"}
+
+    def trainer_for(epochs):
+        config = build_config("LLMLinear", "ml100k", config_dict={**settings, "epochs": epochs})
+        init_seed(config["seed"], True)
+        _dataset, train_data, valid_data, _test = build_data(config)
+        model = get_model("LLMLinear")(config, train_data._dataset).to(config["device"])
+        return build_trainer(config, model), train_data, valid_data
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_epoch_1(epoch_idx, _score):  # runs after the resume checkpoint is written
+        if epoch_idx == 1:
+            raise Killed
+
+    first, train_data, valid_data = trainer_for(3)
+    with pytest.raises(Killed):
+        first.fit(train_data, valid_data, saved=True, callback_fn=kill_after_epoch_1)
+    front = [(c.epoch, c.path) for c in first.fair_selection.front]
+    assert front and all(os.path.exists(path) for _epoch, path in front)
+
+    resumed, train_data, valid_data = trainer_for(3)  # the same run, continued
+    resumed.resume_checkpoint(resume_path(first.saved_model_file))
+    assert [(c.epoch, c.path) for c in resumed.fair_selection.front] == front
+    restored = list(resumed.fair_selection.front)
+    resumed.fit(train_data, valid_data, saved=True)
+    # Epoch 2 was observed into the restored front, not into a new one.
+    final, observed = resumed.fair_selection.front, resumed.fair_selection.last_observed
+    assert observed.epoch == 2
+    expected, _dropped, _joined = update_front(restored, observed)
+    assert [c.epoch for c in final] == [c.epoch for c in expected]
+    assert all(os.path.exists(c.path) and c.path.startswith(first.saved_model_file) for c in final)
+    assert torch.isfinite(torch.tensor(resumed.fair_selection.chosen().fairness))
