@@ -219,6 +219,10 @@ def table(args) -> str:
         "",
     ]
     for dataset in args.datasets:
+        if dataset in TRANSFER:
+            extra = "; ".join(f"{m}: {tag(c)}" for (d, m), c in DATASET_EXTRA.items() if d == dataset)
+            lines += [f"{dataset}: no grid; each method runs the config chosen on {TRANSFER[dataset]}'s valid split"
+                      + (f", with {extra}" if extra else "") + ".", ""]  # fmt: skip
         for group in args.groups:
             lines += [f"### {dataset}, {group} groups", "",
                       "| method | config | seeds | " + " | ".join(h for h, _ in COLUMNS) + " | epochs | s/epoch |",

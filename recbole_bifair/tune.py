@@ -18,8 +18,10 @@ How a search runs:
 - The run folder ``<storage>/<name>/`` receives ``trials.csv``, ``best_config.yaml`` and
   ``best_test_results.json``; ``--resume`` continues an interrupted search there.
 
-Ray-version differences (2.6 here; 2.7+ moved the session API) are confined to
-:func:`report`, :func:`current_trial_dir` and :func:`air_config_classes`.
+Ray-version differences (2.6 pinned; 2.7+ moved the session API and the trial folders, 2.41+
+moved Tune's API to ``ray.tune``; checked on 2.6.3, 2.9.3, 2.40.0 and 2.60.0) are confined to
+:func:`report`, :func:`current_trial_dir`, :func:`air_config_classes`, :func:`result_dir` and
+:func:`keep_results_in_storage`.
 """
 
 from __future__ import annotations
@@ -78,8 +80,16 @@ def ray_version() -> tuple[int, int]:
 
 
 def report(metrics: dict[str, Any]) -> None:
-    """Report one result from inside a trial (ray>=2.7 ``ray.train.report``, 2.6 ``session``)."""
-    if ray_version() >= (2, 7):
+    """Report one result from inside a trial.
+
+    ray>=2.41 ``ray.tune.report`` (``ray.train.report`` in a Tune trial warns, then errors
+    once Train V2 is the default); 2.7-2.40 ``ray.train.report``; 2.6 ``ray.air.session``.
+    """
+    if ray_version() >= (2, 41):
+        from ray import tune
+
+        tune.report(metrics)
+    elif ray_version() >= (2, 7):
         from ray import train
 
         train.report(metrics)
@@ -90,23 +100,61 @@ def report(metrics: dict[str, Any]) -> None:
 
 
 def current_trial_dir() -> Path:
-    """The running trial's folder."""
-    if ray_version() >= (2, 7):
-        from ray import train
+    """The running trial's folder in the run folder (``<storage>/<name>/<trial>``).
 
-        return Path(train.get_context().get_trial_dir())
+    ray>=2.7 stages a trial's files in a local copy (``~/ray_results`` in 2.7-2.9, under
+    ``/tmp/ray/session_*`` from 2.10) that ``get_trial_dir()`` returns and Ray syncs to the
+    storage path: files written there would leave ``model_file`` pointing outside the run
+    folder, and a resumed trial would start from an empty copy. So from 2.7 the trial writes
+    straight into its folder on storage (``trial_fs_path``, a local path: ``run_config``
+    always gets a local folder), made here as Ray may not have made it yet (2.9 does not).
+    The context is ``ray.tune.get_context`` from 2.41, ``ray.train.get_context`` in 2.7-2.40;
+    2.6 has no staging (``ray.air.session``).
+    """
+    if ray_version() >= (2, 7):
+        if ray_version() >= (2, 41):
+            from ray.tune import get_context
+        else:
+            from ray.train import get_context
+
+        trial_dir = Path(get_context().get_storage().trial_fs_path)
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        return trial_dir
     from ray.air import session
 
     return Path(session.get_trial_dir())
 
 
 def air_config_classes() -> tuple[type, type]:
-    """``(RunConfig, FailureConfig)`` from where this Ray version keeps them."""
-    if ray_version() >= (2, 7):
+    """``(RunConfig, FailureConfig)`` from where this Ray version keeps them for Tune.
+
+    ray>=2.41 ``ray.tune`` (``ray.train.RunConfig`` became Train V2's, which refuses Tune-only
+    options such as ``verbose``); 2.7-2.40 ``ray.train``; 2.6 ``ray.air``.
+    """
+    if ray_version() >= (2, 41):
+        from ray.tune import FailureConfig, RunConfig
+    elif ray_version() >= (2, 7):
         from ray.train import FailureConfig, RunConfig
     else:
         from ray.air import FailureConfig, RunConfig
     return RunConfig, FailureConfig
+
+
+def keep_results_in_storage(storage: Path) -> None:
+    """ray 2.7-2.9 keep a local copy of every run in ``~/ray_results/<name>`` and sync it to
+    the storage path, so an earlier run of the same name (in any storage) leaks its trials into
+    this one. Making the storage folder that local cache turns the copy off, as in 2.6. From
+    2.10 the copy is a per-session staging folder under ``/tmp/ray/session_*`` instead."""
+    if (2, 7) <= ray_version() < (2, 10):
+        os.environ["RAY_AIR_LOCAL_CACHE_DIR"] = str(storage)
+
+
+def result_dir(result) -> Path:
+    """A finished trial's folder from its ``ray.air.Result`` (ray>=2.7 ``Result.path``, the
+    trial folder under the storage path; 2.6 ``Result.log_dir``, gone in later releases)."""
+    if ray_version() >= (2, 7):
+        return Path(result.path)
+    return Path(result.log_dir)
 
 
 def run_config(storage: Path, name: str, max_failures: int, verbose: int):
@@ -665,7 +713,7 @@ def _latest_checkpoint(trial_dir: Path) -> str | None:
 
 def trial_row(result, settings: SearchSettings, tuned: list[str]) -> TrialRow:
     """Summarise one Ray result: best validation score over its reports, epochs, status."""
-    trial_dir = Path(result.log_dir)
+    trial_dir = result_dir(result)
     frame = result.metrics_dataframe
     scores, epochs_seen = [], []
     if frame is not None and settings.metric in frame:
@@ -822,6 +870,7 @@ def start(args: argparse.Namespace, rest: list[str], storage: Path):
         raise SearchError(f"{run_dir} already exists; pass --resume to continue it, or another --name")
     make_search_alg(settings)  # a missing optuna/hyperopt fails here, before Ray starts
     settings.save(run_dir)
+    keep_results_in_storage(storage)
     init_ray(args.address, args.num_cpus, settings.cpus_per_trial)
     return settings, run_dir, build_tuner(settings, space, storage, name, args.verbose)
 
@@ -832,6 +881,7 @@ def resume(args: argparse.Namespace, rest: list[str], storage: Path):
         print(f"warning: --resume keeps the saved settings; ignoring {' '.join(rest)}", file=sys.stderr)
     run_dir = storage / args.name
     settings = SearchSettings.load(run_dir)
+    keep_results_in_storage(storage)
     init_ray(args.address, args.num_cpus, settings.cpus_per_trial)
     return settings, run_dir, restore_tuner(settings, run_dir)
 
