@@ -45,7 +45,7 @@ def hyper_env(**extra: str) -> dict[str, str]:
                 PYTHONWARNINGS="ignore", **extra)
 
 
-def run_hyper(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_hyper(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run ``python run_hyper.py ARGS`` to the end."""
     return subprocess.run(hyper_command(args), cwd=cwd, env=hyper_env(), capture_output=True,
                           text=True, timeout=timeout)
