@@ -100,8 +100,9 @@ COLUMNS = [
 ]
 
 
-#: ``--transfer_from``: datasets whose grid is replaced by the config chosen on another dataset.
-TRANSFER: dict[str, str] = {}
+#: ``--transfer_from``: dataset -> (source dataset, selection tolerance); its grid is replaced by
+#: the config chosen on the source dataset's valid split.
+TRANSFER: dict[str, tuple[str, float]] = {}
 
 
 #: games (14.5k items, 26k graph rows): BiFair and Separate run the cheap variant of the balance,
@@ -116,13 +117,12 @@ DATASET_EXTRA = {
 
 def grid(dataset: str, group: str, method: str) -> list[dict]:
     if dataset in TRANSFER:  # no grid here: the config chosen on the source dataset's valid split
-        chosen = choose(TRANSFER[dataset], group, method, TRANSFER_WITHIN)
+        source, within = TRANSFER[dataset]
+        chosen = choose(source, group, method, within)
         return [] if chosen is None else [{**chosen, **DATASET_EXTRA.get((dataset, method), {})}]
     configs = GRIDS[method] if group == "pop" else GRIDS[method][:GENRE_GRID_CUT]
     return [{**c, **GROUP_EXTRA.get((group, method), {})} for c in configs]
 
-
-TRANSFER_WITHIN = 0.02
 
 
 def order(group: str, methods: list[str]) -> list[str]:
@@ -221,7 +221,7 @@ def table(args) -> str:
     for dataset in args.datasets:
         if dataset in TRANSFER:
             extra = "; ".join(f"{m}: {tag(c)}" for (d, m), c in DATASET_EXTRA.items() if d == dataset)
-            lines += [f"{dataset}: no grid; each method runs the config chosen on {TRANSFER[dataset]}'s valid split"
+            lines += [f"{dataset}: no grid; each method runs the config chosen on {TRANSFER[dataset][0]}'s valid split"
                       + (f", with {extra}" if extra else "") + ".", ""]  # fmt: skip
         for group in args.groups:
             lines += [f"### {dataset}, {group} groups", "",
@@ -362,10 +362,8 @@ def main(argv=None) -> int:
         "split (its seed-0 grid runs must exist); for data too large to grid here",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    global TRANSFER_WITHIN
-    TRANSFER_WITHIN = args.within
     if args.transfer_from:
-        TRANSFER.update({d: args.transfer_from for d in args.datasets if d != args.transfer_from})
+        TRANSFER.update({d: (args.transfer_from, args.within) for d in args.datasets if d != args.transfer_from})
     args.methods = [m for m in METHODS if m in args.methods]  # cheap first
     args.deadline = time.monotonic() + 60 * args.max_minutes
     RESULTS.mkdir(parents=True, exist_ok=True)

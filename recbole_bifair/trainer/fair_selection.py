@@ -51,7 +51,7 @@ class FairSelection:
     def __init__(self, metric: str, tolerance: float, base_path: str):
         self.metric, self.tolerance, self.base_path = metric.lower(), float(tolerance), base_path
         self.front: list[Candidate] = []
-        self.last_observed: Candidate | None = None
+        self.last_observed: Candidate | None = None  # the latest validation, on the front or not
 
     def observe(self, epoch: int, score: float, valid: dict, save) -> None:
         """Record one validation; ``save(path)`` writes the current model if it joins the front."""
