@@ -5,7 +5,12 @@ RecBole's ``get_model`` only searches ``recbole.model.*`` and ``get_trainer`` on
 register themselves with :func:`register_model` / :func:`register_trainer`; lookups are
 case-insensitive for plugin names, and an unknown name raises :class:`UnknownNameError`
 listing every available name. A plugin class may not share a name with a RecBole class
-(RecBole would silently pick up its yaml, trainer and dataloader for that name).
+(RecBole would silently pick up its yaml, trainer and dataloader for that name): the first
+lookup checks every registered name and raises ``ValueError`` for one that shadows RecBole's.
+
+This module is a leaf: it holds the two tables, the decorators and the lookups, and imports
+none of the plugin's modules. ``recbole_bifair/__init__.py`` imports the model and trainer
+packages, whose decorators fill the tables, so any ``import recbole_bifair...`` has them.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from recbole_bifair.errors import UnknownNameError
 
 PLUGIN_MODELS: dict[str, type] = {}
 PLUGIN_TRAINERS: dict[str, type] = {}
+# Registered names not yet checked against RecBole's (the check scans RecBole's model
+# modules, about a second: done at the first lookup, not at import).
+_UNCHECKED: list[tuple[str, str]] = []
 
 
 @lru_cache(maxsize=1)
@@ -71,23 +79,28 @@ def recbole_trainer_names() -> frozenset[str]:
     return frozenset(names)
 
 
-def _check_new_name(name: str, taken: frozenset[str], kind: str) -> None:
-    if name in taken:
-        raise ValueError(f"plugin {kind} {name!r} would shadow RecBole's {kind} of that name")
+def check_registered_names() -> None:
+    """Raise ``ValueError`` for a registered plugin name that RecBole also uses."""
+    while _UNCHECKED:
+        kind, name = _UNCHECKED[0]
+        taken = recbole_model_names() if kind == "model" else recbole_trainer_names()
+        if name in taken:
+            raise ValueError(f"plugin {kind} {name!r} would shadow RecBole's {kind} of that name")
+        _UNCHECKED.pop(0)
 
 
 def register_model(cls: type) -> type:
     """Class decorator: make ``cls`` findable by :func:`get_model`."""
-    _check_new_name(cls.__name__, recbole_model_names(), "model")
     PLUGIN_MODELS[cls.__name__] = cls
+    _UNCHECKED.append(("model", cls.__name__))
     return cls
 
 
 def register_trainer(cls: type) -> type:
     """Class decorator: make ``cls`` findable by :func:`get_trainer` (``BiFairTrainer`` -> ``BiFair``)."""
     name = cls.__name__.removesuffix("Trainer")
-    _check_new_name(name, recbole_trainer_names(), "trainer")
     PLUGIN_TRAINERS[name] = cls
+    _UNCHECKED.append(("trainer", name))
     return cls
 
 
@@ -99,10 +112,14 @@ def _lookup(table: dict[str, type], name: str) -> type | None:
 
 
 def available_models() -> list[str]:
+    """Every model name: the plugin's and RecBole's."""
+    check_registered_names()
     return sorted(set(PLUGIN_MODELS) | recbole_model_names())
 
 
 def available_trainers() -> list[str]:
+    """Every trainer name: the plugin's and RecBole's (without the ``Trainer`` suffix)."""
+    check_registered_names()
     return sorted(set(PLUGIN_TRAINERS) | recbole_trainer_names())
 
 
@@ -110,7 +127,7 @@ def get_model(name: str | type) -> type:
     """The model class called ``name``: plugin first, then RecBole."""
     if isinstance(name, type):
         return name
-    _import_plugin_classes()
+    check_registered_names()
     found = _lookup(PLUGIN_MODELS, name)
     if found is not None:
         return found
@@ -122,7 +139,7 @@ def get_model(name: str | type) -> type:
 def get_trainer(model_type, model_name: str, trainer_name: str | None = None) -> type:
     """The trainer class: ``trainer_name`` if given (plugin first, then RecBole), else RecBole's
     default for the model (``<Model>Trainer`` if it exists, else by model type)."""
-    _import_plugin_classes()
+    check_registered_names()
     if not trainer_name:
         return recbole_get_trainer(model_type, model_name)
     found = _lookup(PLUGIN_TRAINERS, trainer_name)
@@ -134,8 +151,3 @@ def get_trainer(model_type, model_name: str, trainer_name: str | None = None) ->
             return obj
     raise UnknownNameError("trainer", trainer_name, available_trainers())
 
-
-def _import_plugin_classes() -> None:
-    """Import the plugin's model and trainer packages so that their decorators have run."""
-    importlib.import_module("recbole_bifair.model")
-    importlib.import_module("recbole_bifair.trainer")

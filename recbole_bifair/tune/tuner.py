@@ -1,0 +1,96 @@
+"""Building, restoring and running the Ray Tune ``Tuner`` of a search."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from recbole_bifair.tune.ray_compat import run_config
+from recbole_bifair.tune.settings import SearchError, SearchSettings
+from recbole_bifair.tune.space import SearchSpace
+from recbole_bifair.tune.trial import trial_function
+
+
+def make_trainable(settings: SearchSettings):
+    """The trial function with its settings and per-trial resources."""
+    from ray import tune
+
+    trainable = tune.with_parameters(trial_function, settings=asdict(settings))
+    return tune.with_resources(trainable, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
+
+
+def make_search_alg(settings: SearchSettings):
+    """None for random/grid (Ray's variant generator), else an Optuna or HyperOpt searcher."""
+    if settings.search in ("random", "grid"):
+        return None
+    try:
+        if settings.search == "optuna":
+            import optuna  # noqa: F401
+            from ray.tune.search.optuna import OptunaSearch
+
+            return OptunaSearch(metric=settings.metric, mode=settings.mode)
+        import hyperopt  # noqa: F401
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        return HyperOptSearch(metric=settings.metric, mode=settings.mode)
+    except ImportError:
+        raise SearchError(
+            f"--search={settings.search} needs the {settings.search} package: "
+            f"pip install {settings.search}  (or pip install 'recbole-bifair[tune]')"
+        ) from None
+
+
+def make_scheduler(settings: SearchSettings):
+    """ASHA over evaluations (training_iteration) or plain FIFO."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if settings.scheduler == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=settings.max_evaluations + 1,  # ASHA stops a trial at max_t: let it finish itself
+        grace_period=max(1, min(settings.grace_period, settings.max_evaluations)),
+        reduction_factor=settings.reduction_factor,
+    )
+
+
+def build_tuner(settings: SearchSettings, space: SearchSpace, storage: Path, name: str, verbose: int):
+    """A new Tuner for this search."""
+    from ray import tune
+
+    tune_config = tune.TuneConfig(
+        metric=settings.metric,
+        mode=settings.mode,
+        search_alg=make_search_alg(settings),
+        scheduler=make_scheduler(settings),
+        num_samples=settings.num_samples,
+        max_concurrent_trials=settings.max_concurrent or None,
+    )
+    return tune.Tuner(
+        make_trainable(settings),
+        param_space=space.to_ray(grid_as_choice=settings.search in ("optuna", "hyperopt")),
+        tune_config=tune_config,
+        run_config=run_config(storage, name, settings.max_failures, verbose),
+    )
+
+
+def restore_tuner(settings: SearchSettings, run_dir: Path):
+    """The interrupted Tuner of ``run_dir``: finished trials kept, unfinished/errored ones rerun."""
+    from ray import tune
+
+    if not tune.Tuner.can_restore(str(run_dir)):
+        raise SearchError(f"{run_dir}: no Ray Tune experiment state there; nothing to resume")
+    make_search_alg(settings)  # fail clearly if the searcher's package has gone
+    return tune.Tuner.restore(str(run_dir), trainable=make_trainable(settings), resume_errored=True)
+
+
+def init_ray(address: str | None, num_cpus: int | None, cpus_per_trial: float) -> None:
+    """Start or join Ray; trials get ``OMP_NUM_THREADS`` = cpus per trial."""
+    import ray
+
+    env = {"OMP_NUM_THREADS": str(max(1, int(cpus_per_trial)))}
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
+
