@@ -1,13 +1,16 @@
 """Command line of ``run_recbole.py``: parse the plugin's own options, run, print a table.
 
-Plugin errors (unknown names, bad files or keys) end the program with one line on stderr and
-exit code 2, not a traceback.
+Plugin errors (unknown names, bad files or keys, bad values) end the program with one line on
+stderr and exit code 2, not a traceback. Warnings that RecBole 1.2.1's own code raises under
+newer pandas and torch (deprecations a user can do nothing about) are hidden here, in the command
+line only: library users keep Python's default warning filters.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from recbole_bifair.errors import PluginError
 
@@ -16,10 +19,22 @@ HEADLINE_KEYS = (
 )
 
 
+def quiet_recbole_warnings() -> None:
+    """Hide RecBole 1.2.1's deprecation noise: pandas' FutureWarnings raised from its dataset code
+    (chained assignment, ``Series.agg(len)``) and torch's ``torch.cuda.amp.GradScaler``
+    FutureWarning raised by its trainer. Other warnings, the plugin's included, still show."""
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.data\.dataset\.")
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.cuda\.amp\.GradScaler", category=FutureWarning,
+        module=r"recbole\.trainer\.",
+    )
+
+
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
     parser.add_argument("--model", "-m", default="AlphaRec", help="model name (plugin or RecBole)")
-    parser.add_argument("--trainer", "-t", default=None, help="trainer name (default: RecBole's for the model)")
+    parser.add_argument("--trainer", "-t", default=None,
+                        help="trainer name (default: Plain for the plugin's LLM models, else RecBole's for the model)")
     parser.add_argument("--dataset", "-d", default="ml100k", help="dataset name under data_path")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files")
     parser.add_argument("--results_file", default=None, help="write the results JSON here")
@@ -51,6 +66,7 @@ def results_table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args, _rest = parse_args(sys.argv[1:] if argv is None else argv)
+    quiet_recbole_warnings()
     try:
         from recbole_bifair.quick_start import run
 

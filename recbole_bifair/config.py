@@ -8,9 +8,14 @@ Order, lowest priority first (each later layer overrides the earlier ones):
 3. the user's yaml files (``config_file_list``), then ``config_dict``, then the command line.
 
 So user settings always win, as in RecBole-GNN's pattern. Models are resolved through the
-plugin registry (plugin first, then RecBole). A relative ``data_path`` is taken from the
-current folder when it exists there, else from the project root, and is made absolute so that
-Ray workers and reloaded checkpoints find the same files.
+plugin registry (plugin first, then RecBole). Without a ``trainer`` the plugin's LLM models
+train with ``Plain`` (see :func:`default_trainer`), every other model with RecBole's choice.
+A relative ``data_path`` is taken from the current folder when it exists there, else from the
+project root, and is made absolute so that Ray workers and reloaded checkpoints find the same
+files. After the Config is built every value is checked (:mod:`recbole_bifair.config_check`),
+and the dump shows what the run uses: the fixed split files instead of RecBole's unused
+``eval_args.split`` default, ``use_gpu`` as the device actually chosen, and
+``show_progress: ~`` resolved (bars when stderr is a terminal).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -25,6 +31,7 @@ import recbole
 from recbole.config import Config
 
 from recbole_bifair import registry
+from recbole_bifair.config_check import check_config_values
 from recbole_bifair.errors import ConfigKeyError, UnknownNameError
 from recbole_bifair.evaluator.registration import known_metric_names, register_metrics
 
@@ -41,6 +48,19 @@ def plugin_yaml_files(model: str, trainer: str | None, dataset: str) -> list[Pat
         PROPERTIES_DIR / "dataset" / f"{dataset}.yaml",
     ]
     return [path for path in candidates if path is not None and path.is_file()]
+
+
+def default_trainer(model_class: type) -> str | None:
+    """The trainer a model runs with when none is named.
+
+    ``Plain`` for the plugin's LLM models (their InfoNCE loss with AdamW and polynomial LR
+    decay, the "AlphaRec"/"Linear" rows of the paper's tables): RecBole's ``Trainer`` would sum
+    the loss over batches and never decay the learning rate. ``None`` (RecBole's choice) for
+    every other model. ``--trainer=Trainer`` still picks RecBole's.
+    """
+    from recbole_bifair.model.llm_base import LLMRecommender
+
+    return "Plain" if issubclass(model_class, LLMRecommender) else None
 
 
 def resolve_data_path(data_path: str) -> str:
@@ -127,6 +147,30 @@ class BiFairConfig(Config):
              "on the command line": self.cmd_config_dict},
             known_config_keys() | set(self.internal_config_dict),
         )
+        self._show_what_runs()
+
+    def _key_sources(self) -> dict[str, dict]:
+        """Where each user value came from, highest priority first (for error messages)."""
+        files = " ".join(str(f) for f in self.user_config_files)
+        return {"on the command line": self.cmd_config_dict or {},
+                "in config_dict": self.variable_config_dict or {},
+                f"in {files}": self.file_config_dict or {}}
+
+    def _show_what_runs(self) -> None:
+        """Make the values RecBole leaves misleading match what the run uses (the config dump).
+
+        With ``benchmark_filename`` RecBole reads the fixed split files and never uses
+        ``eval_args.split`` (its default ``RS [0.8, 0.1, 0.1]`` would still be printed), and
+        ``use_gpu`` stays True on a machine without CUDA while ``device`` is the CPU.
+        """
+        parts = self.final_config_dict.get("benchmark_filename")
+        if parts:
+            self.final_config_dict["eval_args"]["split"] = {
+                "fixed files": [f"{self.dataset}.{part}.inter" for part in parts]
+            }
+        self.final_config_dict["use_gpu"] = self.final_config_dict["device"].type == "cuda"
+        if self.final_config_dict.get("show_progress") is None:  # ~: bars only on a terminal
+            self.final_config_dict["show_progress"] = sys.stderr.isatty()
 
     def _get_model_and_dataset(self, model, dataset):
         if model is None:
@@ -143,6 +187,9 @@ class BiFairConfig(Config):
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
         trainer = self.external_config_dict.get("trainer")
+        if trainer is None:
+            trainer = default_trainer(model_class)
+            self.internal_config_dict["trainer"] = trainer
         for path in plugin_yaml_files(model, trainer, dataset):
             loaded = self._update_internal_config_dict(str(path)) or {}
             if path.parent.name == "dataset":
@@ -151,7 +198,8 @@ class BiFairConfig(Config):
                 ]
 
     def _set_default_parameters(self):
-        self.final_config_dict["data_path"] = resolve_data_path(
-            self.final_config_dict.get("data_path") or "dataset_atomic"
-        )
+        # every value checked before RecBole's own processing (which fails with a traceback)
+        check_config_values(self, self._key_sources())
+        # data_path's default (dataset_atomic) is in properties/overall.yaml
+        self.final_config_dict["data_path"] = resolve_data_path(str(self.final_config_dict["data_path"]))
         super()._set_default_parameters()

@@ -108,6 +108,72 @@ def test_misspelled_key_check_passes_known_and_unrelated_keys():
     check_misspelled_keys({"x": {"z_learning_rate": 1, "my_model_knob": 2}}, known)  # no error
 
 
+# ----------------------------------------------------------------------------- config values
+
+
+@pytest.mark.parametrize(
+    "arg, expected",
+    [
+        ("--epochs=-1", ["epochs = -1", "on the command line", "an integer >= 1"]),
+        ("--num_negatives=0", ["num_negatives = 0", "an integer >= 1"]),
+        ("--learning_rate=abc", ["learning_rate = 'abc'", "a number >= 0"]),
+        ("--topk=0", ["topk = 0", "an integer >= 1 or a list of them"]),
+        ("--train_batch_size=0", ["train_batch_size = 0", "an integer >= 1"]),
+        ("--fair_group=size", ["fair_group = 'size'", "one of pop, genre"]),
+        ("--min_group_share=1.5", ["min_group_share = 1.5", "a number in [0, 1]"]),
+    ],
+)
+def test_bad_value_of_a_known_key(arg, expected, ml100k_root, tmp_path):
+    """Checked before any work: no dataset is read, no model built, nothing trained."""
+    done = run_cli(["--model=AlphaRec", "--trainer=BiFair", "--dataset=ml100k", f"--data_path={ml100k_root}", arg],
+                   cwd=tmp_path, timeout=120)
+    assert_one_line_error(done, *expected)
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr[-2000:]
+    assert not (tmp_path / "saved").exists()
+
+
+def test_bad_value_in_a_yaml_file_names_the_file(ml100k_root, tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("xi: fast\n", encoding="utf-8")
+    done = run_cli(["--model=LLMLinear", "--trainer=BiFair", "--dataset=ml100k", f"--data_path={ml100k_root}",
+                    f"--config_files={config}"], cwd=tmp_path, timeout=120)
+    assert_one_line_error(done, "xi = 'fast'", "mine.yaml", "one of lr or a number >= 0")
+
+
+def test_every_default_passes_the_value_check():
+    """Each plugin yaml and RecBole's yaml (overall and every model) hold allowed values
+    (properties/hyper/ holds search spaces, not values)."""
+    import recbole
+    import yaml
+    from recbole.config import Config
+
+    from recbole_bifair.config import PROPERTIES_DIR
+    from recbole_bifair.config_check import RULES
+
+    loader = Config._build_yaml_loader(None)
+    folders = [PROPERTIES_DIR, Path(recbole.__file__).parent / "properties"]
+    refused = [
+        f"{path.name}: {key} = {value!r}"
+        for folder in folders for path in sorted(folder.rglob("*.yaml")) if path.parent.name != "hyper"
+        for key, value in (yaml.load(path.read_text(encoding="utf-8"), Loader=loader) or {}).items()
+        if key in RULES and not RULES[key].accepts(value)
+    ]
+    assert refused == []
+
+
+def test_explicit_zero_and_false_are_kept(ml100k_root):
+    """An explicit 0 / False is the user's value, never replaced by a default."""
+    from recbole_bifair.quick_start import build_config
+
+    config = build_config("LLMLinear", "ml100k", config_dict={
+        "data_path": str(ml100k_root), "trainer": "BiFair", "eval_step": 0, "stopping_step": 0, "xi": 0,
+        "min_group_share": 0, "z_learning_rate": 0, "show_progress": False, "progress_log_steps": 0,
+    })
+    for key in ("eval_step", "stopping_step", "xi", "min_group_share", "z_learning_rate", "progress_log_steps"):
+        assert config[key] == 0, key
+    assert config["show_progress"] is False
+
+
 # ----------------------------------------------------------------------------- data
 
 

@@ -105,6 +105,16 @@ def write_atomic(
             out.to_csv(handle, sep="\t", header=False, index=False, quoting=3, escapechar="\\")
 
 
+def _read_umask() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+# 0666 less the umask, read once at import: the mode ``open(path, "w")`` gives a new file.
+NEW_FILE_MODE = 0o666 & ~_read_umask()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
@@ -115,6 +125,7 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, NEW_FILE_MODE)  # mkstemp makes 0600; a written file reads like any other
         os.replace(tmp, path)
     finally:
         if tmp.exists():

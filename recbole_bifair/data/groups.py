@@ -1,9 +1,11 @@
 """Item -> group maps: the one place both the fairness metrics and the fair trainers take them from.
 
 ALGORITHMS.md section 1:
-- Popularity groups: items ranked by **train** interaction count (ties broken by internal id);
-  the top ``pop_top_fraction`` (10%) of items form group 0 "popular", the rest group 1
-  "unpopular" (N = 2).
+- Popularity groups: items ranked by **train** interaction count, ties broken by item token
+  (the item id in the data files; numerically where tokens are numbers, numbers before other
+  tokens), never by RecBole's internal id, which follows the row order of the .inter file: the
+  same data in another row order gives the same groups. The top ``pop_top_fraction`` (10%) of
+  items form group 0 "popular", the rest group 1 "unpopular" (N = 2).
 - Genre groups: the item field named by ``genre_field``. An item listed under several genres is
   assigned to its first listed genre [choice, ``genre_rule: first``]. Items without a genre
   belong to no group (-1) and are counted in the log.
@@ -15,6 +17,7 @@ padding item, always -1) plus the group names.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from logging import getLogger
 
@@ -23,6 +26,7 @@ import torch
 from recbole_bifair.errors import ConfigKeyError
 
 GROUP_KINDS = ("pop", "genre")
+_NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
 
 
 @dataclass
@@ -42,19 +46,40 @@ class ItemGroups:
         return torch.bincount(valid, minlength=self.n_groups).tolist()
 
 
-def popularity_groups(item_counts: torch.Tensor, top_fraction: float = 0.1) -> ItemGroups:
-    """Popular (0) = top ``top_fraction`` of real items by train count, ties by id; rest (1).
+def token_sort_key(token: str) -> tuple:
+    """Order of item tokens among equal counts: numbers by value (``"9"`` before ``"10"``) before
+    other tokens, which go by their text."""
+    if _NUMBER.fullmatch(token):
+        return (0, float(token), token)
+    return (1, 0.0, token)
+
+
+def token_ranks(item_tokens) -> torch.Tensor:
+    """Rank of each internal item id's token under :func:`token_sort_key` (padding row 0 first)."""
+    order = sorted(range(1, len(item_tokens)), key=lambda i: token_sort_key(str(item_tokens[i])))
+    ranks = torch.zeros(len(item_tokens), dtype=torch.long)
+    ranks[torch.tensor(order, dtype=torch.long)] = torch.arange(1, len(item_tokens))
+    return ranks
+
+
+def popularity_groups(item_counts: torch.Tensor, top_fraction: float = 0.1, item_tokens=None) -> ItemGroups:
+    """Popular (0) = top ``top_fraction`` of real items by train count; rest (1).
 
     ``item_counts[i]`` is the train interaction count of internal item i; item 0 is padding.
-    The popular group holds ``ceil(top_fraction * n_real_items)`` items.
+    Ties go by ``item_tokens[i]`` (the item's token, see :func:`token_sort_key`) when given,
+    else by internal id. The popular group holds ``ceil(top_fraction * n_real_items)`` items.
     """
     if not 0.0 < top_fraction < 1.0:
         raise ConfigKeyError(f"pop_top_fraction must be in (0, 1), got {top_fraction}")
     n_items = item_counts.numel()
     real_ids = torch.arange(1, n_items)
     counts = item_counts[1:].to(torch.float64)
-    # Stable sort on -count keeps ascending id order among ties.
-    order = torch.sort(-counts, stable=True).indices
+    # Sort by tie-break rank first, then a stable sort on -count keeps that order among ties.
+    if item_tokens is not None:
+        by_token = torch.argsort(token_ranks(item_tokens)[1:])
+        order = by_token[torch.sort(-counts[by_token], stable=True).indices]
+    else:
+        order = torch.sort(-counts, stable=True).indices
     n_popular = max(1, math.ceil(top_fraction * (n_items - 1)))
     item_group = torch.full((n_items,), -1, dtype=torch.long)
     item_group[real_ids] = 1
@@ -124,7 +149,8 @@ def build_item_groups(train_dataset, config, kind: str, training: bool = False) 
     """
     if kind == "pop":
         fraction = config["pop_top_fraction"] if config["pop_top_fraction"] is not None else 0.1
-        return popularity_groups(train_item_counts(train_dataset), fraction)
+        tokens = train_dataset.field2id_token[train_dataset.iid_field]
+        return popularity_groups(train_item_counts(train_dataset), fraction, item_tokens=tokens)
     if kind == "genre":
         return genre_groups(train_dataset, config["genre_field"], training=training)
     raise ConfigKeyError(f"unknown group kind {kind!r}; use one of {GROUP_KINDS}")
