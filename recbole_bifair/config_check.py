@@ -143,6 +143,8 @@ RULES: dict[str, Rule] = {
     "num_negatives": integer(1),
     "tau": number(above=0),
     "train_sampling": choice("user", "interaction"),
+    "negative_scores": choice("auto", "dense", "sampled", "gather"),
+    "precision": choice("fp32", "bf16"),
     "hidden_multiplier": either(choice("auto"), number(above=0)),
     "n_layers": integer(0),
     "llm_model": text(),

@@ -1,5 +1,6 @@
 """End to end through run_recbole.py: stock models, fairness keys, reload, one-line errors."""
 
+import json
 import math
 
 import pytest
@@ -88,3 +89,54 @@ def test_unknown_names_give_one_line(args, expected, ml100k_root, tmp_path):
     assert lines[0].startswith("error: ") and expected in lines[0]
     assert "Available" in lines[0]
     assert "Traceback" not in done.stderr
+
+
+def test_unknown_dataset_lists_each_dataset_once(ml100k_root, tmp_path):
+    done = run_cli(["--model=BPR", "--dataset=no_such_data", f"--data_path={ml100k_root}"], cwd=tmp_path, timeout=120)
+    line = done.stderr.strip().splitlines()[-1]
+    names = [name.split(" (")[0] for name in line.split("Available datasets: ")[1].split(", ")]
+    assert "ml100k" in names and len(names) == len(set(names)), line
+
+
+@pytest.mark.parametrize("name", ["games", "movies", "books"])
+def test_paper_dataset_before_preparation_names_the_commands(name, tmp_path):
+    done = run_cli(["--model=BPR", f"--dataset={name}", f"--data_path={tmp_path}"], cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: dataset '{name}' is not prepared"), done.stderr
+    assert f"python -m recbole_bifair.data.amazon --category {name} --input DUMP_DIR" in lines[0]
+    assert f"python -m recbole_bifair.data.protocol --input dataset_atomic/{name}_raw --name {name}" in lines[0]
+
+
+@pytest.fixture(scope="module")
+def llm_default_run(ml100k_root, tmp_path_factory):
+    """LLMLinear without --trainer, one epoch, progress lines every 2 batches (stderr is a pipe)."""
+    tmp = tmp_path_factory.mktemp("llm_default")
+    results = tmp / "results.json"
+    done = run_cli(["--model=LLMLinear", "--dataset=ml100k", f"--data_path={ml100k_root}", "--epochs=1",
+                    "--progress_log_steps=2", f"--results_file={results}"], cwd=tmp, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(results.read_text()), done.stderr
+
+
+def test_llm_models_train_with_plain_by_default(llm_default_run):
+    results, log = llm_default_run
+    assert results["trainer"] == "Plain"
+    assert "trainer = Plain" in log
+
+
+def test_recbole_trainer_still_chosen_by_name(ml100k_root, tmp_path):
+    results = train_and_read(["--model=LLMLinear", "--trainer=Trainer", "--dataset=ml100k",
+                              f"--data_path={ml100k_root}", "--epochs=1", "--metrics=['Recall']"], tmp_path)
+    assert results["trainer"] == "Trainer"
+
+
+def test_log_shows_progress_and_what_the_run_uses(llm_default_run):
+    _results, log = llm_default_run
+    assert "train: batch 2/" in log and "s left" in log
+    assert "'fixed files': ['ml100k.train.inter', 'ml100k.valid.inter', 'ml100k.test.inter']" in log
+    assert "'RS'" not in log
+    device = next(line for line in log.splitlines() if line.startswith("device = "))
+    assert ("use_gpu = True" in log) == (device == "device = cuda")
+    # RecBole's pandas and GradScaler deprecations are hidden on the command line
+    assert "FutureWarning" not in log, [line for line in log.splitlines() if "Warning" in line]

@@ -28,7 +28,9 @@ def compute_group_utilities(dataobject, config, kind: str, k: int, utility: str)
     rec_mat = dataobject.get("rec.topk")
     max_k = rec_mat.shape[1] - 1
     hit_flags = rec_mat[:, :max_k]
-    normaliser = config["fair_normaliser"] or "all"
+    normaliser = config["fair_normaliser"]
+    if normaliser is None:  # a Config without the plugin's overall.yaml (its default is "all")
+        normaliser = "all"
     return group_utilities(
         hit_flags,
         dataobject.get(topk_groups_key),
