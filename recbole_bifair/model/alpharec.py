@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import torch
 
-from recbole_bifair.errors import ConfigKeyError
+from recbole_bifair.model import settings
 from recbole_bifair.model.llm_base import (
     LLMRecommender,
     lightgcn_propagate,
     train_adjacency,
 )
+from recbole_bifair.model.settings import bad_value
 from recbole_bifair.registry import register_model
 
 ENCODER_MULTIPLIER = 8.0  # d <= 1024 (BERT-size encoders, MiniLM)
@@ -30,14 +31,18 @@ LLM_MULTIPLIER = 9 / 32  # d > 1024 (7B LLMs)
 
 def hidden_width(llm_dim: int, hidden_multiplier) -> int:
     """h = int(m * d) with m from ``hidden_multiplier`` ('auto': 8 if d <= 1024 else 9/32)."""
-    if hidden_multiplier in (None, "auto"):
-        multiplier = ENCODER_MULTIPLIER if llm_dim <= 1024 else LLM_MULTIPLIER
-    else:
-        try:
-            multiplier = float(hidden_multiplier)
-        except (TypeError, ValueError):
-            raise ConfigKeyError(f"hidden_multiplier must be 'auto' or a number, got {hidden_multiplier!r}") from None
-    return max(1, int(multiplier * llm_dim))
+    if hidden_multiplier == "auto":
+        return int((ENCODER_MULTIPLIER if llm_dim <= 1024 else LLM_MULTIPLIER) * llm_dim)
+    allowed = f"'auto' or a number m > 0 with m * d >= 1 (d = {llm_dim})"
+    if isinstance(hidden_multiplier, bool):
+        raise bad_value("hidden_multiplier", hidden_multiplier, allowed)
+    try:
+        width = int(float(hidden_multiplier) * llm_dim)
+    except (TypeError, ValueError, OverflowError):
+        raise bad_value("hidden_multiplier", hidden_multiplier, allowed) from None
+    if width < 1:
+        raise bad_value("hidden_multiplier", hidden_multiplier, allowed)
+    return width
 
 
 @register_model
@@ -46,7 +51,7 @@ class AlphaRec(LLMRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.n_layers = config["n_layers"]  # LightGCN propagation layers
+        self.n_layers = settings.number(config, "n_layers", int, minimum=0)  # LightGCN propagation layers
         self.hidden_size = hidden_width(self.llm_dim, config["hidden_multiplier"])  # MLP width h
         self.projector = torch.nn.Sequential(
             torch.nn.Linear(self.llm_dim, self.hidden_size),
@@ -56,8 +61,9 @@ class AlphaRec(LLMRecommender):
         self.register_buffer("norm_adj_matrix", train_adjacency(dataset), persistent=False)
 
     def encode(self, user_text, item_text):
-        ego = self.projector(torch.cat([user_text, item_text], dim=0))
-        return self.propagate(ego)
+        with self.autocast():
+            ego = self.projector(torch.cat([user_text, item_text], dim=0))
+        return self.propagate(ego.float())
 
     def propagate(self, ego: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         propagated = lightgcn_propagate(self.norm_adj_matrix, ego, self.n_layers)
@@ -67,8 +73,20 @@ class AlphaRec(LLMRecommender):
         """Same values as ``encode(M Z, Z)``, cheaper: the first layer is affine and each row of M
         sums to 1, so Linear1(M Z) = M Linear1(Z) for every user with a train item. The widest
         product (d x h) then runs over the items only, not over users + items."""
-        first, activation, second = self.projector
-        item_hidden = first(self.item_table)
-        user_hidden = self.user_mean_of(item_hidden)
-        ego = second(activation(torch.cat([user_hidden, item_hidden], dim=0)))
-        return self.propagate(ego)
+        with self.autocast():  # bf16 GEMMs under ``precision: bf16``; the sparse products stay fp32
+            item_hidden = self.z_entry_layer()(self.item_table)
+        return self.embeddings_from_entry(item_hidden)
+
+    def z_entry_layer(self) -> torch.nn.Linear:
+        """The one layer Z enters through (the MLP's first Linear): a trainer that learns Z takes
+        the gradient w.r.t. this layer's output H = Z W1^T + b1 and maps it to Z as dH W1."""
+        return self.projector[0]
+
+    def embeddings_from_entry(self, item_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user_emb, item_emb) from H = Linear1(Z): users take M H, then LeakyReLU, Linear2 and
+        the propagation."""
+        _first, activation, second = self.projector
+        user_hidden = self.user_mean_of(item_hidden.float()).to(item_hidden.dtype)
+        with self.autocast():
+            ego = second(activation(torch.cat([user_hidden, item_hidden], dim=0)))
+        return self.propagate(ego.float())

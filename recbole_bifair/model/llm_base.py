@@ -38,7 +38,16 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 
-from recbole_bifair.errors import ConfigKeyError, EmbeddingError
+from recbole_bifair.errors import EmbeddingError
+from recbole_bifair.model import settings
+from recbole_bifair.model.negative_scores import (
+    METHODS,
+    choose_method,
+    info_nce,
+    negative_embedding_gradients,
+    negative_scores,
+)
+from recbole_bifair.model.precision import PRECISIONS, autocast_context
 from recbole_bifair.model.sparse_ops import sparse_mm
 
 MAX_REJECTION_ROUNDS = 1000
@@ -57,13 +66,13 @@ def normalized_bipartite_adjacency(
     rows = torch.cat([users, items + n_users])
     cols = torch.cat([items + n_users, users])
     edges = torch.sparse_coo_tensor(
-        torch.stack([rows, cols]), torch.ones(len(rows)), (size, size)
+        torch.stack([rows, cols]), torch.ones(len(rows)), (size, size), check_invariants=True
     ).coalesce()
     index = edges.indices()
     degree = torch.zeros(size).index_add_(0, index[0], torch.ones(index.shape[1]))
     inverse_sqrt = degree.clamp(min=1).pow(-0.5)
     values = inverse_sqrt[index[0]] * inverse_sqrt[index[1]]
-    return torch.sparse_coo_tensor(index, values, (size, size)).coalesce()
+    return torch.sparse_coo_tensor(index, values, (size, size), check_invariants=False).coalesce()
 
 
 def train_adjacency(dataset) -> torch.Tensor:
@@ -78,12 +87,12 @@ def train_adjacency(dataset) -> torch.Tensor:
 def user_mean_matrix(n_users: int, n_items: int, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     """M (U x I): M[u, i] = 1/|I_u| for u's train items, so (M Z)[u] = mean of z_i over I_u."""
     edges = torch.sparse_coo_tensor(
-        torch.stack([users, items]), torch.ones(len(users)), (n_users, n_items)
+        torch.stack([users, items]), torch.ones(len(users)), (n_users, n_items), check_invariants=True
     ).coalesce()
     index = edges.indices()
     count = torch.zeros(n_users).index_add_(0, index[0], torch.ones(index.shape[1]))
     values = 1.0 / count.clamp(min=1)[index[0]]
-    return torch.sparse_coo_tensor(index, values, (n_users, n_items)).coalesce()
+    return torch.sparse_coo_tensor(index, values, (n_users, n_items), check_invariants=False).coalesce()
 
 
 def lightgcn_propagate(adjacency: torch.Tensor, embeddings: torch.Tensor, n_layers: int) -> torch.Tensor:
@@ -103,10 +112,11 @@ def unit_backward(rows: torch.Tensor, unit_grad: torch.Tensor, eps: float = 1e-1
 
 
 def default_embedding_file(config) -> Path:
-    """``<data_path>/<dataset>.<llm_model>.npy`` unless ``item_embedding_file`` is set."""
-    if config["item_embedding_file"]:
-        return Path(config["item_embedding_file"])
-    model_name = Path(str(config["llm_model"] or "minilm")).name
+    """``<data_path>/<dataset>.<llm_model>.npy`` unless ``item_embedding_file`` is set (not ``~``)."""
+    embedding_file = settings.text(config, "item_embedding_file", "a .npy path, or ~ for the default", optional=True)
+    if embedding_file is not None:
+        return Path(embedding_file)
+    model_name = Path(settings.text(config, "llm_model", "an encoder name, folder or hub id")).name
     return Path(config["data_path"]) / f"{config['dataset']}.{model_name}.npy"
 
 
@@ -135,13 +145,12 @@ class LLMRecommender(GeneralRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.embedding_size = config["embedding_size"]  # output width D of the projector
-        self.tau = float(config["tau"] or 0.15)  # InfoNCE temperature (dataset yaml)
-        self.num_negatives = int(config["num_negatives"])  # K sampled negatives per positive
-        self.train_sampling = config["train_sampling"] or "user"  # user | interaction
-        if self.train_sampling not in ("user", "interaction"):
-            raise ConfigKeyError(
-                f"train_sampling must be 'user' or 'interaction', got {self.train_sampling!r}"
-            )
+        self.tau = settings.number(config, "tau", above=0)  # InfoNCE temperature (dataset yaml)
+        self.num_negatives = settings.number(config, "num_negatives", int, minimum=1)  # K per positive
+        self.train_sampling = settings.choice(config, "train_sampling", ("user", "interaction"))
+        self.negative_method = settings.choice(config, "negative_scores", METHODS)  # how the [B, K] scores are computed
+        self.precision = settings.choice(config, "precision", PRECISIONS)  # fp32 | bf16 autocast
+        self.autocast = autocast_context(self.precision, torch.device(self.device))
         embedding_file = default_embedding_file(config)
         from recbole_bifair.data.encode import load_item_embeddings
 
@@ -170,9 +179,9 @@ class LLMRecommender(GeneralRecommender):
         return ensure_item_embeddings(
             item_file,
             default_embedding_file(config),
-            model=config["llm_model"] or "minilm",
-            title_field=config["title_field"] or "title",
-            template=config["title_template"] or "{title}",
+            model=settings.text(config, "llm_model", "an encoder name, folder or hub id"),
+            title_field=settings.text(config, "title_field", "the .item column holding the item text"),
+            template=settings.text(config, "title_template", "a text template such as '{title}'"),
             item_field=config["ITEM_ID_FIELD"],
         )
 
@@ -230,7 +239,7 @@ class LLMRecommender(GeneralRecommender):
 
         Rejection sampling, vectorised: only the rejected positions are redrawn each round.
         """
-        num = num or self.num_negatives
+        num = self.num_negatives if num is None else num
         row_users = users.unsqueeze(1).expand(-1, num).reshape(-1)
         negatives = torch.randint(1, self.n_items, row_users.shape, device=users.device)
         redraw = torch.nonzero(self.is_train_pair(row_users, negatives)).squeeze(1)
@@ -286,32 +295,29 @@ class LLMRecommender(GeneralRecommender):
         return (loss, user_emb, item_emb) if return_embeddings else loss
 
     def loss_from_embeddings(self, user_emb, item_emb, users, pos_items, neg_items) -> torch.Tensor:
-        """The scoring part of :meth:`forward`: per-sample InfoNCE from given embeddings."""
+        """The scoring part of :meth:`forward`: per-sample InfoNCE from given embeddings.
+
+        The [B, K] negative scores come from :mod:`negative_scores` (``negative_scores``:
+        a dense GEMM over the batch's distinct users or the gather-free sampled kernels, whichever
+        its cost model says is cheaper), never from a [B, K, D] gather.
+        """
         user_unit = F.normalize(user_emb[users], dim=-1)
         item_unit = F.normalize(item_emb, dim=-1)
         pos_scores = (user_unit * item_unit[pos_items]).sum(-1)
-        if self.n_items <= 8 * neg_items.shape[1]:  # few items: one GEMM over all items is cheaper
-            neg_scores = self._dense_negative_scores(user_emb, user_unit, item_unit, users, neg_items)
-        else:  # many items: gather the K negatives per row
-            neg_scores = torch.bmm(item_unit[neg_items], user_unit.unsqueeze(2)).squeeze(2)
-        logits = torch.cat([pos_scores.unsqueeze(1), neg_scores], dim=1) / self.tau
-        return torch.logsumexp(logits, dim=1) - logits[:, 0]
+        method = self.score_method(users, neg_items)
+        neg_scores = negative_scores(method, user_emb, user_unit, item_unit, users, neg_items, self.autocast)
+        return info_nce(pos_scores, neg_scores, self.tau)
 
-    @staticmethod
-    def _dense_negative_scores(user_emb, user_unit, item_unit, users, neg_items) -> torch.Tensor:
-        """Scores of the sampled negatives read from a dense user x item cosine matrix.
+    def score_method(self, users: torch.Tensor, neg_items: torch.Tensor, per_sample_rows: bool = False) -> str:
+        """``dense`` or ``sampled`` (or ``gather``) for this batch (``negative_scores: auto``: by cost).
 
-        The user-uniform sampler repeats users within a batch (4096 samples over 845 users on
-        ml100k), so when at most half the rows are distinct the GEMM runs over the distinct
-        users only and each sample reads its row through a flat gather: the same values, about
-        B / U' fewer multiply-adds forward and backward (benchmarks/README.md, model speed).
+        ``per_sample_rows``: the dense variant needs one score row per sample, not per distinct
+        user (:meth:`group_embedding_gradients`).
         """
-        distinct, inverse = torch.unique(users, return_inverse=True)
-        if 2 * distinct.numel() > users.numel():
-            return torch.gather(user_unit @ item_unit.T, 1, neg_items)
-        scores = F.normalize(user_emb[distinct], dim=-1) @ item_unit.T  # [U', I]
-        flat = (inverse.unsqueeze(1) * item_unit.shape[0] + neg_items).reshape(-1)
-        return torch.gather(scores.reshape(-1), 0, flat).view_as(neg_items)
+        if self.negative_method != "auto":
+            return self.negative_method
+        n_rows = len(users) if per_sample_rows else len(torch.unique(users))
+        return choose_method("auto", n_rows, len(users), self.n_items, neg_items.shape[1], self.embedding_size)
 
     @torch.no_grad()
     def group_embedding_gradients(self, user_emb, item_emb, users, pos_items, neg_items,
@@ -322,47 +328,34 @@ class LLMRecommender(GeneralRecommender):
         N backward passes of ``L_n = mean_{b in n} l_b`` through :meth:`loss_from_embeddings`
         (``sample_group[b]`` in 0..n_groups-1, or -1 for samples in no group). One backward
         gives each sample's gradient w.r.t. its own user row, positive row and negative scores;
-        these are routed to their group with index_add, and the normalisation's Jacobian
-        (I - u u^T)/||x|| is applied per row. Used by BiFair's ``balance_space: embeddings``.
+        these are routed to their group (the negatives' share by
+        :func:`~recbole_bifair.model.negative_scores.negative_embedding_gradients`, gather-free),
+        and the normalisation's Jacobian (I - u u^T)/||x|| is applied per row. Used by BiFair's
+        ``balance_space: embeddings`` (MGDA-UB, ALGORITHMS.md section 9.3).
         """
         dim = user_emb.shape[1]
+        method = self.score_method(users, neg_items, per_sample_rows=True)
         with torch.enable_grad():
             user_rows = user_emb[users].detach().requires_grad_(True)
             pos_rows = item_emb[pos_items].detach().requires_grad_(True)
             user_unit = F.normalize(user_rows, dim=-1)
             item_unit = F.normalize(item_emb.detach(), dim=-1)
             pos_scores = (user_unit * F.normalize(pos_rows, dim=-1)).sum(-1)
-            dense_negatives = self.n_items <= 8 * neg_items.shape[1]  # as in loss_from_embeddings
-            if dense_negatives:
-                neg_scores = torch.gather(user_unit.detach() @ item_unit.T, 1, neg_items)
-            else:
-                neg_scores = torch.bmm(item_unit[neg_items], user_unit.detach().unsqueeze(2)).squeeze(2)
-            neg_scores.requires_grad_(True)
-            logits = torch.cat([pos_scores.unsqueeze(1), neg_scores], dim=1) / self.tau
-            per_sample = torch.logsumexp(logits, dim=1) - logits[:, 0]
+            with torch.no_grad():
+                neg_scores = negative_scores(method, user_emb.detach(), user_unit, item_unit, users, neg_items)
+            per_sample = info_nce(pos_scores, neg_scores.requires_grad_(True), self.tau)
             keep = sample_group >= 0
             counts = torch.bincount(sample_group[keep], minlength=n_groups).clamp(min=1)
             weight = torch.where(keep, 1.0 / counts[sample_group.clamp(min=0)], 0.0)
             # d(sum_b w_b l_b): each sample's own share, since every leaf row belongs to one sample.
             # The user rows' gradient here lacks the negatives' path (neg_scores is a leaf).
-            user_grad, pos_grad, neg_grad = torch.autograd.grad((weight * per_sample).sum(), [user_rows, pos_rows, neg_scores])
-        user_unit, item_unit = user_unit.detach(), item_unit
-        # Negatives: d s_bk / d user_unit_b = item_unit[neg_bk]; d s_bk / d item_unit[neg_bk] = user_unit_b.
-        group = sample_group.clamp(min=0)
-        item_unit_out = torch.zeros(n_groups, self.n_items, dim, dtype=item_emb.dtype, device=item_emb.device)
-        if dense_negatives:  # dS [B, I]: one GEMM for the users, one small GEMM per group for the items
-            score_grad = torch.zeros(len(users), self.n_items, dtype=neg_grad.dtype, device=neg_grad.device)
-            score_grad.scatter_add_(1, neg_items, neg_grad)
-            user_unit_grad = score_grad @ item_unit
-            for index in range(n_groups):
-                rows = torch.nonzero(sample_group == index).squeeze(1)
-                item_unit_out[index] = score_grad[rows].T @ user_unit[rows]
-        else:
-            user_unit_grad = torch.bmm(neg_grad.unsqueeze(1), item_unit[neg_items]).squeeze(1)
-            flat_neg = (group.unsqueeze(1) * self.n_items + neg_items)[keep].reshape(-1)
-            neg_values = (neg_grad.unsqueeze(2) * user_unit.unsqueeze(1))[keep].reshape(-1, dim)
-            item_unit_out.view(-1, dim).index_add_(0, flat_neg, neg_values)
-        item_unit_out = item_unit_out.view(-1, dim)
+            user_grad, pos_grad, neg_grad = torch.autograd.grad(
+                (weight * per_sample).sum(), [user_rows, pos_rows, neg_scores]
+            )
+        group = sample_group.clamp(min=0)  # samples in no group have zero weight, so zero gradients
+        user_unit_grad, item_unit_out = negative_embedding_gradients(
+            method, neg_grad, user_unit.detach(), item_unit, neg_items, group, n_groups
+        )
         user_grad = user_grad + unit_backward(user_rows.detach(), user_unit_grad)
         user_out = torch.zeros(n_groups * self.n_users, dim, dtype=user_emb.dtype, device=user_emb.device)
         user_out.index_add_(0, (group * self.n_users + users)[keep], user_grad[keep])

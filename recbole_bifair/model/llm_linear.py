@@ -23,4 +23,20 @@ class LLMLinear(LLMRecommender):
         self.projector = torch.nn.Linear(self.llm_dim, self.embedding_size, bias=False)
 
     def encode(self, user_text, item_text):
-        return self.projector(user_text), self.projector(item_text)
+        with self.autocast():  # bf16 under ``precision: bf16`` (recbole_bifair.model.precision)
+            return self.projector(user_text).float(), self.projector(item_text).float()
+
+    def forward_embeddings(self):
+        """Same values as ``encode(M Z, Z)`` (W (M Z) = M (W Z), the map is linear), with the
+        sparse product over the 64-d outputs instead of the d-wide LLM vectors."""
+        with self.autocast():
+            item_emb = self.projector(self.item_table)
+        return self.embeddings_from_entry(item_emb.float())
+
+    def z_entry_layer(self) -> torch.nn.Linear:
+        """The layer Z enters through (see :meth:`AlphaRec.z_entry_layer`): the projector itself."""
+        return self.projector
+
+    def embeddings_from_entry(self, item_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user_emb, item_emb) from W Z: users are the mean of their train items' outputs."""
+        return self.user_mean_of(item_emb), item_emb

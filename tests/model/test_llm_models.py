@@ -11,7 +11,6 @@ from recbole.utils import init_seed
 
 from recbole_bifair.model.alpharec import hidden_width
 from recbole_bifair.model.llm_base import (
-    LLMRecommender,
     lightgcn_propagate,
     normalized_bipartite_adjacency,
     user_mean_matrix,
@@ -121,22 +120,47 @@ def test_per_sample_loss_matches_direct_formula(alpharec):
         torch.testing.assert_close(losses[row], expected, rtol=1e-4, atol=1e-5)
 
 
-def test_distinct_user_scores_equal_the_full_batch_gemm():
-    """The repeated-user shortcut of the dense negative scores: same values and gradients."""
-    torch.manual_seed(3)
-    user_emb = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
-    item_unit = F.normalize(torch.randn(9, 4, dtype=torch.float64), dim=-1)
-    users = torch.tensor([4, 1, 4, 4, 1, 0, 1, 4])  # 3 distinct of 8: the shortcut applies
-    neg_items = torch.randint(0, 9, (8, 5))
-    weights = torch.randn(8, 5, dtype=torch.float64)
-    user_unit = F.normalize(user_emb[users], dim=-1)
-    fast = LLMRecommender._dense_negative_scores(user_emb, user_unit, item_unit, users, neg_items)
-    (fast_grad,) = torch.autograd.grad((weights * fast).sum(), user_emb)
-    full = torch.gather(user_unit @ item_unit.T, 1, neg_items)
-    (full_grad,) = torch.autograd.grad((weights * full).sum(), user_emb)
-    torch.testing.assert_close(fast, full)
-    torch.testing.assert_close(fast_grad, full_grad)
-    assert fast_grad.abs().sum() > 0
+def embeddings_in_float64(model, train_data):
+    users, pos, neg = model.sample_batch(first_batch(train_data))
+    user_emb, item_emb = (tensor.detach().double().requires_grad_(True) for tensor in model.forward_embeddings())
+    return user_emb, item_emb, users, pos, neg
+
+
+@pytest.mark.parametrize("method", ["dense", "sampled"])
+def test_loss_from_embeddings_equals_the_gather_path(alpharec, method):
+    """Issue 12: the gather-free negative scores give today's loss and gradients (float64, 1e-6)."""
+    _config, model, train_data, _valid = alpharec
+    user_emb, item_emb, users, pos, neg = embeddings_in_float64(model, train_data)
+    weights = torch.rand(len(users), dtype=torch.float64)
+    results = {}
+    for name in ("gather", method):
+        model.negative_method = name
+        loss = model.loss_from_embeddings(user_emb, item_emb, users, pos, neg)
+        results[name] = (loss, *torch.autograd.grad((weights * loss).sum(), [user_emb, item_emb]))
+    model.negative_method = "auto"
+    for got, want in zip(results[method], results["gather"], strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["dense", "sampled"])
+def test_group_embedding_gradients_equal_one_backward_per_group(alpharec, method):
+    _config, model, train_data, _valid = alpharec
+    user_emb, item_emb, users, pos, neg = embeddings_in_float64(model, train_data)
+    sample_group = torch.randint(-1, 3, (len(users),), generator=torch.Generator().manual_seed(0))
+    model.negative_method = method
+    fast = model.group_embedding_gradients(user_emb, item_emb, users, pos, neg, sample_group, 3)
+    model.negative_method = "gather"
+    per_sample = model.loss_from_embeddings(user_emb, item_emb, users, pos, neg)
+    model.negative_method = "auto"
+    for group in range(3):
+        grads = torch.autograd.grad(per_sample[sample_group == group].mean(), [user_emb, item_emb], retain_graph=True)
+        torch.testing.assert_close(fast[group], torch.cat([grad.reshape(-1) for grad in grads]), rtol=0, atol=1e-6)
+
+
+def test_auto_scores_pick_dense_on_ml100k(alpharec):
+    _config, model, train_data, _valid = alpharec
+    users, _pos, neg = model.sample_batch(first_batch(train_data))
+    assert model.score_method(users, neg) == "dense"  # 1.7k items, users repeated: the GEMM is cheaper
 
 
 def test_negatives_never_in_train_set(linear):
