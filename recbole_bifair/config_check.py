@@ -124,6 +124,7 @@ RULES: dict[str, Rule] = {
     "use_gpu": boolean(),
     "show_progress": optional(boolean()),   # ~ = a bar when stderr is a terminal, else log lines
     "progress_log_steps": integer(0),
+    "progress_log_seconds": number(minimum=0),
     "metric_decimal_place": integer(0),
     "loss_decimal_place": integer(0),
     "valid_metric": text(),

@@ -201,7 +201,7 @@ def run(
     logger.info(data)
     if not config["show_progress"]:  # no bars (stderr is not a terminal): log lines instead
         for loader, label in ((train_data, "train"), (valid_data, "valid"), (test_data, "test")):
-            log_progress(loader, label, config["progress_log_steps"])
+            log_progress(loader, label, config["progress_log_steps"], config["progress_log_seconds"])
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     logger.info(net)

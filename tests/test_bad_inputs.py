@@ -161,6 +161,19 @@ def test_every_default_passes_the_value_check():
     assert refused == []
 
 
+def test_value_rules_on_edge_cases():
+    from recbole_bifair.config_check import RULES
+
+    refused = {"epochs": [True, 2.5, "3", 0], "learning_rate": [float("nan"), float("inf"), -1e-3, None],
+               "topk": [[], [5, 0], True], "xi": ["LR", -1], "balance_norm": [None, "L2"],
+               "show_progress": ["yes", 1], "pop_top_fraction": [0, 1, 1.0]}
+    accepted = {"epochs": [1, 500], "learning_rate": [0, 1e-3, 1], "topk": [10, [5, 10, 20]],
+                "xi": ["lr", 0, 0.5], "balance_norm": ["loss+"], "show_progress": [None, True, False],
+                "pop_top_fraction": [0.1], "hidden_multiplier": ["auto", 0.28], "learner": ["Adam", "adamw"]}
+    assert [(k, v) for k, values in refused.items() for v in values if RULES[k].accepts(v)] == []
+    assert [(k, v) for k, values in accepted.items() for v in values if not RULES[k].accepts(v)] == []
+
+
 def test_explicit_zero_and_false_are_kept(ml100k_root):
     """An explicit 0 / False is the user's value, never replaced by a default."""
     from recbole_bifair.quick_start import build_config

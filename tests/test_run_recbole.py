@@ -114,7 +114,8 @@ def llm_default_run(ml100k_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("llm_default")
     results = tmp / "results.json"
     done = run_cli(["--model=LLMLinear", "--dataset=ml100k", f"--data_path={ml100k_root}", "--epochs=1",
-                    "--progress_log_steps=2", f"--results_file={results}"], cwd=tmp, timeout=300)
+                    "--progress_log_steps=2", "--progress_log_seconds=0", f"--results_file={results}"],
+                   cwd=tmp, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(results.read_text()), done.stderr
 
