@@ -1,5 +1,9 @@
 """``run_hyper.py``'s command line: parse and check the options, start or resume a search,
-write its outputs, print one summary line (or one ``error:`` line)."""
+write its outputs, print one summary line (or one ``error:`` line).
+
+Exit codes: 0 done (summary on stdout), 2 bad input or a failed search (one ``error:`` line),
+130 interrupted (Ctrl-C or SIGUSR1: one ``interrupted:`` line with the trials counted by status
+and the ``--resume`` command that continues the search)."""
 
 from __future__ import annotations
 
@@ -10,10 +14,18 @@ from pathlib import Path
 
 from recbole_bifair.errors import PluginError
 from recbole_bifair.tune.ray_compat import keep_results_in_storage
-from recbole_bifair.tune.results import finish
+from recbole_bifair.tune.results import SearchInterrupted, finish
+from recbole_bifair.tune.selection import parse_select
 from recbole_bifair.tune.settings import SearchError, SearchSettings, make_settings, parse_overrides
 from recbole_bifair.tune.space import load_space
-from recbole_bifair.tune.tuner import build_tuner, init_ray, make_search_alg, restore_tuner
+from recbole_bifair.tune.tuner import (
+    SearchFailed,
+    build_tuner,
+    fit,
+    init_ray,
+    make_search_alg,
+    restore_tuner,
+)
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -40,6 +52,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--name", default=None, help="run folder name (default <model>_<dataset>_<time>)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run --storage/--name")
     parser.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2, 3], help="Ray Tune verbosity")
+    parser.add_argument("--search_seed", type=int, default=None,
+                        help="seed of the random/grid search's draws (default: unseeded)")
+    parser.add_argument("--select", default=None,
+                        help="metric (default): best valid metric; fair:<metric@k>:<tol>, e.g. fair:pop_cv@20:0.02: "
+                        "the best valid fairness metric among trials within tol of the best valid metric")
     return parser.parse_known_args(argv)
 
 
@@ -53,12 +70,15 @@ def check_args(args: argparse.Namespace) -> None:
         raise SearchError("--cpus_per_trial must be > 0 and --gpus_per_trial >= 0")
     if args.num_samples is not None and args.num_samples < 1:
         raise SearchError("--num_samples must be at least 1")
+    if args.select is not None:
+        parse_select(args.select)
 
 
 def start(args: argparse.Namespace, rest: list[str], storage: Path):
     """Settings, run folder and Tuner of a new search."""
     space = load_space(args.space)
-    settings = make_settings(args, parse_overrides(rest), space)
+    settings = make_settings(argparse.Namespace(**{**vars(args), "select": args.select or "metric"}),
+                             parse_overrides(rest), space)
     name = args.name or f"{settings.model}_{settings.dataset}_{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = storage / name
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -76,22 +96,43 @@ def resume(args: argparse.Namespace, rest: list[str], storage: Path):
         print(f"warning: --resume keeps the saved settings; ignoring {' '.join(rest)}", file=sys.stderr)
     run_dir = storage / args.name
     settings = SearchSettings.load(run_dir)
+    if args.select is not None:  # a new rule over the same trials
+        settings.select = args.select
     keep_results_in_storage(storage)
     init_ray(args.address, args.num_cpus, settings.cpus_per_trial)
     return settings, run_dir, restore_tuner(settings, run_dir)
 
 
+def resume_command(args: argparse.Namespace, run_dir: Path) -> str:
+    """The command that continues the search in ``run_dir``."""
+    command = f"python run_hyper.py --resume --name={run_dir.name} --storage={run_dir.parent}"
+    if args.address:
+        command += f" --address={args.address}"
+    if args.num_cpus:
+        command += f" --num_cpus={args.num_cpus}"
+    return command
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``run_hyper.py``: exit 0 with a one-line summary, 2 with a one-line error."""
+    """``run_hyper.py``: exit 0 with a one-line summary, 2 with a one-line error, 130 when
+    interrupted (with the ``--resume`` command)."""
     args, rest = parse_args(sys.argv[1:] if argv is None else argv)
     storage = Path(args.storage).expanduser().resolve()
+    run_dir = None
     try:
         check_args(args)
         settings, run_dir, tuner = (resume if args.resume else start)(args, rest, storage)
-        result_grid = tuner.fit()
-        summary = finish(settings, result_grid, run_dir)
+        summary = finish(settings, fit(tuner), run_dir)
+    except SearchInterrupted as interrupted:
+        print(f"interrupted: {interrupted}; continue with: {resume_command(args, run_dir)}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # outside Tuner.fit (Ray catches the first Ctrl-C inside it)
+        where = f"; continue with: {resume_command(args, run_dir)}" if run_dir else ""
+        print(f"interrupted{where}", file=sys.stderr)
+        return 130
     except PluginError as error:
-        print(f"error: {error}", file=sys.stderr)
+        hint = f"; continue with: {resume_command(args, run_dir)}" if isinstance(error, SearchFailed) else ""
+        print(f"error: {error}{hint}", file=sys.stderr)
         return 2
     print(summary)
     return 0

@@ -7,6 +7,7 @@ trial folders, 2.41+ moved Tune's API to ``ray.tune``. Checked on 2.6.3, 2.9.3, 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -91,12 +92,44 @@ def keep_results_in_storage(storage: Path) -> None:
         os.environ["RAY_AIR_LOCAL_CACHE_DIR"] = str(storage)
 
 
-def result_dir(result) -> Path:
-    """A finished trial's folder from its ``ray.air.Result`` (ray>=2.7 ``Result.path``, the
-    trial folder under the storage path; 2.6 ``Result.log_dir``, gone in later releases)."""
-    if ray_version() >= (2, 7):
-        return Path(result.path)
-    return Path(result.log_dir)
+def result_dir(result) -> Path | None:
+    """A trial's folder from its ``ray.air.Result`` (ray>=2.7 ``Result.path``, the trial folder
+    under the storage path; 2.6 ``Result.log_dir``, gone in later releases); None for a trial
+    that never started (Ray 2.6 gives it no folder)."""
+    folder = result.path if ray_version() >= (2, 7) else result.log_dir
+    return Path(folder) if folder else None
+
+
+def trial_ids(result_grid) -> list[str | None]:
+    """The trial id of each result of ``result_grid``, in its order (None where unknown).
+
+    A trial that never reported has no ``trial_id`` in its ``Result.metrics`` (and in 2.6 no
+    folder); ``ResultGrid`` builds its results from the trials of the ``ExperimentAnalysis``
+    it keeps, in that order (2.6 to 2.60), and those know their ids.
+    """
+    trials = getattr(getattr(result_grid, "_experiment_analysis", None), "trials", None)
+    if trials is None or len(trials) != len(result_grid):
+        return [None] * len(result_grid)
+    return [str(trial.trial_id) for trial in trials]
+
+
+class _NoRestoreHint(logging.Filter):
+    """Drops Ray's own "resume with ``Tuner.restore(...)``" advice (the project's ``--resume``
+    command is printed instead)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("Tuner.restore" in message or "Resume experiment with" in message)
+
+
+def hide_restore_hint() -> None:
+    """Keep Ray's ``Tuner.restore`` hint (logged by ``ray.tune`` after Ctrl-C or a failed run)
+    off the console: the filter sits on the handlers of the ``ray`` and root loggers, which
+    every ``ray.tune.*`` record passes through, whatever module logs it in this Ray version."""
+    for logger in (logging.getLogger("ray"), logging.getLogger()):
+        for handler in logger.handlers:
+            if not any(isinstance(f, _NoRestoreHint) for f in handler.filters):
+                handler.addFilter(_NoRestoreHint())
 
 
 def run_config(storage: Path, name: str, max_failures: int, verbose: int):

@@ -51,11 +51,16 @@ class SearchSettings:
     grace_period: int
     reduction_factor: float
     fixed_from_space: dict[str, Any] = field(default_factory=dict)
+    select: str = "metric"  # the --select rule (tune/selection.py)
+    record_test: bool = False  # trials keep their test metrics (run_compare.py's seed runs only)
+    search_seed: int | None = None  # seeds the random/grid variant generator (same configs every run)
 
     def save(self, folder: Path) -> None:
-        """Write the settings into the run folder."""
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / SETTINGS_FILE).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+        """Write the settings into the run folder (atomically)."""
+        from recbole_bifair.data.atomic import atomic_write
+
+        with atomic_write(folder / SETTINGS_FILE) as tmp:
+            tmp.write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
 
     @classmethod
     def load(cls, folder: Path) -> SearchSettings:
@@ -142,6 +147,10 @@ def make_settings(args: argparse.Namespace, overrides: dict[str, Any], space: Se
     """Check names and keys with a real Config, prepare the data, fix paths: the run's settings."""
     from recbole_bifair.quick_start import ensure_dataset
     from recbole_bifair.registry import get_trainer
+    from recbole_bifair.tune.selection import check_select_metric, parse_select
+
+    select = getattr(args, "select", "metric")
+    rule = parse_select(select)
 
     config_files = [str(Path(f).resolve()) for f in (args.config_files or "").split()]
     for path in config_files:
@@ -150,6 +159,7 @@ def make_settings(args: argparse.Namespace, overrides: dict[str, Any], space: Se
     base = dict(overrides, **({"trainer": args.trainer} if args.trainer else {}))
     config = driver_config(args.model, args.dataset, config_files, {**base, **space.fixed})
     get_trainer(config["MODEL_TYPE"], config["model"], config["trainer"])  # unknown trainer -> error
+    check_select_metric(rule, config)
     ensure_dataset(config)  # once here, not racing in every trial
     for line in check_space_keys(space, config):
         print(line, file=sys.stderr)
@@ -176,5 +186,7 @@ def make_settings(args: argparse.Namespace, overrides: dict[str, Any], space: Se
         grace_period=args.grace_period,
         reduction_factor=args.reduction_factor,
         fixed_from_space=space.fixed,
+        select=select,
+        search_seed=getattr(args, "search_seed", None),
     )
 

@@ -1,6 +1,11 @@
 """One trial, run inside a Ray worker: train one configuration through
 :func:`recbole_bifair.quick_start.run`, report the validation metrics after every evaluation
-(never the test split), and leave a summary file; plus the best checkpoint's test evaluation."""
+(never the test split), and leave a summary file; plus the best checkpoint's test evaluation.
+
+The summary (``trial_summary.json``, written atomically when the trial has trained to its end)
+holds ``model_file``, ``best_valid_score``, ``valid``, ``epochs`` and ``seconds_per_epoch``;
+``test`` and ``per_group`` only when the settings ask for them (``record_test``: the seed runs
+of ``run_compare.py``, whose configuration was already chosen on valid)."""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from recbole_bifair.data.atomic import atomic_write
+from recbole_bifair.quick_start import finite_json
 from recbole_bifair.tune.ray_compat import current_trial_dir, report
 from recbole_bifair.tune.settings import SearchError, SearchSettings, command_line
 
@@ -79,13 +86,18 @@ def trial_function(params: dict[str, Any], settings: dict[str, Any]) -> None:
             search.model, search.dataset, config_file_list=search.config_files or None,
             config_dict=config_dict, saved=True, evaluation_hooks=[validation_reporter(search.metric)],
         )
+    epoch_seconds = results["timing"]["epoch_seconds"]
     summary = {
         "model_file": results["model_file"],
         "best_valid_score": results["best_valid_score"],
         "valid": results["valid"],
-        "epochs": len(results["timing"]["epoch_seconds"]),
+        "epochs": len(epoch_seconds),
+        "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None,
     }
-    (trial_dir / TRIAL_SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    if search.record_test:
+        summary.update(test=results["test"], per_group=results["per_group"])
+    with atomic_write(trial_dir / TRIAL_SUMMARY_FILE) as tmp:
+        tmp.write_text(json.dumps(finite_json(summary), indent=2), encoding="utf-8")
 
 
 def evaluate_on_test(model_file: str, run_dir: str) -> dict[str, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from recbole_bifair.tune.ray_compat import run_config
+from recbole_bifair.tune.ray_compat import hide_restore_hint, run_config
 from recbole_bifair.tune.settings import SearchError, SearchSettings
 from recbole_bifair.tune.space import SearchSpace
 from recbole_bifair.tune.trial import trial_function
@@ -20,9 +20,15 @@ def make_trainable(settings: SearchSettings):
 
 
 def make_search_alg(settings: SearchSettings):
-    """None for random/grid (Ray's variant generator), else an Optuna or HyperOpt searcher."""
+    """None for random/grid (Ray's variant generator; with ``search_seed`` a seeded one, which
+    draws the same configurations on every run), else an Optuna or HyperOpt searcher."""
     if settings.search in ("random", "grid"):
-        return None
+        seed = getattr(settings, "search_seed", None)
+        if seed is None:
+            return None
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=seed, max_concurrent=settings.max_concurrent)
     try:
         if settings.search == "optuna":
             import optuna  # noqa: F401
@@ -40,13 +46,17 @@ def make_search_alg(settings: SearchSettings):
         ) from None
 
 
-def make_scheduler(settings: SearchSettings):
-    """ASHA over evaluations (training_iteration) or plain FIFO."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+def make_scheduler(settings: SearchSettings, run_dir: Path):
+    """ASHA over evaluations (training_iteration), recording whom it stops in ``run_dir``; or
+    plain FIFO."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from recbole_bifair.tune.scheduler import RecordingASHA
 
     if settings.scheduler == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(
+    return RecordingASHA(
+        run_dir,
         time_attr="training_iteration",
         max_t=settings.max_evaluations + 1,  # ASHA stops a trial at max_t: let it finish itself
         grace_period=max(1, min(settings.grace_period, settings.max_evaluations)),
@@ -57,14 +67,17 @@ def make_scheduler(settings: SearchSettings):
 def build_tuner(settings: SearchSettings, space: SearchSpace, storage: Path, name: str, verbose: int):
     """A new Tuner for this search."""
     from ray import tune
+    from ray.tune.search import BasicVariantGenerator
 
+    search_alg = make_search_alg(settings)
     tune_config = tune.TuneConfig(
         metric=settings.metric,
         mode=settings.mode,
-        search_alg=make_search_alg(settings),
-        scheduler=make_scheduler(settings),
+        search_alg=search_alg,
+        scheduler=make_scheduler(settings, storage / name),
         num_samples=settings.num_samples,
-        max_concurrent_trials=settings.max_concurrent or None,
+        # a variant generator given as search_alg holds its own limit (Ray ignores this one)
+        max_concurrent_trials=None if isinstance(search_alg, BasicVariantGenerator) else settings.max_concurrent or None,
     )
     return tune.Tuner(
         make_trainable(settings),
@@ -82,6 +95,24 @@ def restore_tuner(settings: SearchSettings, run_dir: Path):
         raise SearchError(f"{run_dir}: no Ray Tune experiment state there; nothing to resume")
     make_search_alg(settings)  # fail clearly if the searcher's package has gone
     return tune.Tuner.restore(str(run_dir), trainable=make_trainable(settings), resume_errored=True)
+
+
+class SearchFailed(SearchError):
+    """Ray Tune's run itself failed (not one trial: those are retried and reported)."""
+
+
+def fit(tuner):
+    """``tuner.fit()`` with Ray's ``Tuner.restore(...)`` advice kept off the console (the
+    project's ``--resume`` command is printed instead) and Ray's failure as one SearchFailed."""
+    from ray.tune import TuneError
+
+    hide_restore_hint()
+    try:
+        return tuner.fit()
+    except TuneError as error:
+        cause = error.__cause__ or error
+        first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise SearchFailed(f"the Ray Tune run failed: {first_line}") from None
 
 
 def init_ray(address: str | None, num_cpus: int | None, cpus_per_trial: float) -> None:
