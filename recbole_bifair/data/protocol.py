@@ -267,7 +267,9 @@ def group_summary(prepared: PreparedDataset, options: ProtocolOptions, top_fract
         f"unpopular {len(ordered) - n_popular} items"
     ]
     if options.genre_field:
-        genres = prepared.items[options.genre_field].astype(str).str.split().str[0].fillna("")
+        genres = prepared.items[options.genre_field].astype(str)
+        if atomic_types(prepared.items).get(options.genre_field) == "token_seq":  # first listed
+            genres = genres.str.split().str[0].fillna("")  # (a token such as "Xbox 360" is whole)
         sizes = genres.value_counts()
         lines.append(
             f"genre groups ({options.genre_field}, first listed): {len(sizes)} groups, sizes "

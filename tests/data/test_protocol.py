@@ -1,5 +1,7 @@
 """The paper's data protocol on small frames and on the real ml-100k and games files."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import yaml
@@ -115,3 +117,16 @@ def test_games_shared_data(tmp_path):
     assert code == 0
     train = read_atomic(tmp_path / "games" / "games.train.inter")
     assert train.user_id.nunique() == 2699  # PROVENANCE.md: 2,699 users with >= 20 interactions
+
+
+def test_group_summary_keeps_a_token_genre_whole_and_takes_the_first_of_a_sequence():
+    from recbole_bifair.data.protocol import PreparedDataset, group_summary
+
+    items = pd.DataFrame({"item_id": ["a", "b", "c"], "genre": ["Xbox 360", "PC", "Xbox One"]})
+    train = pd.DataFrame({"user_id": ["u", "u", "v"], "item_id": ["a", "b", "c"]})
+    prepared = PreparedDataset("x", Path("."), {"train": train}, items)
+    options = ProtocolOptions(genre_field="genre")
+    items.attrs["atomic_types"] = {"item_id": "token", "genre": "token"}
+    assert group_summary(prepared, options).splitlines()[-1].endswith("3 groups, sizes Xbox 360=1, PC=1, Xbox One=1")
+    items.attrs["atomic_types"]["genre"] = "token_seq"  # space-separated list: its first entry
+    assert group_summary(prepared, options).splitlines()[-1].endswith("2 groups, sizes Xbox=2, PC=1")
