@@ -9,7 +9,8 @@ Order, lowest priority first (each later layer overrides the earlier ones):
 
 So user settings always win, as in RecBole-GNN's pattern. Models are resolved through the
 plugin registry (plugin first, then RecBole). Without a ``trainer`` the plugin's LLM models
-train with ``Plain`` (see :func:`default_trainer`), every other model with RecBole's choice.
+train with ``Plain`` (see :func:`default_trainer`), every other model with RecBole's choice,
+and ``config["trainer"]`` names it either way.
 A relative ``data_path`` is taken from the current folder when it exists there, else from the
 project root, and is made absolute so that Ray workers and reloaded checkpoints find the same
 files. After the Config is built every value is checked (:mod:`recbole_bifair.config_check`),
@@ -61,6 +62,13 @@ def default_trainer(model_class: type) -> str | None:
     from recbole_bifair.model.llm_base import LLMRecommender
 
     return "Plain" if issubclass(model_class, LLMRecommender) else None
+
+
+def trainer_name(trainer_class: type) -> str:
+    """The name that picks ``trainer_class`` with ``--trainer`` (``PlainTrainer`` -> ``Plain``;
+    RecBole's ``Trainer`` stays ``Trainer``)."""
+    name = trainer_class.__name__
+    return name.removesuffix("Trainer") or name
 
 
 def resolve_data_path(data_path: str) -> str:
@@ -187,8 +195,10 @@ class BiFairConfig(Config):
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
         trainer = self.external_config_dict.get("trainer")
-        if trainer is None:
-            trainer = default_trainer(model_class)
+        if trainer is None:  # the dump and the checks name the trainer that will run
+            trainer = default_trainer(model_class) or trainer_name(
+                registry.get_trainer(model_class.type, model, None)
+            )
             self.internal_config_dict["trainer"] = trainer
         for path in plugin_yaml_files(model, trainer, dataset):
             loaded = self._update_internal_config_dict(str(path)) or {}

@@ -18,7 +18,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed
 
 from recbole_bifair.checkpoint import load_checkpoint, restore_model
-from recbole_bifair.config import BiFairConfig, cuda_fallback_warning
+from recbole_bifair.config import BiFairConfig, cuda_fallback_warning, trainer_name
 from recbole_bifair.data.atomic import atomic_write
 from recbole_bifair.errors import ConfigKeyError, DataError, UnknownNameError
 from recbole_bifair.progress import log_progress
@@ -157,13 +157,6 @@ def build_data(config):
 def build_trainer(config, model):
     trainer_class = get_trainer(config["MODEL_TYPE"], config["model"], config["trainer"])
     return with_fair_evaluation(trainer_class)(config, model)
-
-
-def trainer_name(trainer_class: type) -> str:
-    """The name that picks ``trainer_class`` with ``--trainer`` (``PlainTrainer`` -> ``Plain``;
-    RecBole's ``Trainer`` stays ``Trainer``)."""
-    name = trainer_class.__name__
-    return name.removesuffix("Trainer") or name
 
 
 def _flat(result) -> dict[str, float]:
