@@ -270,3 +270,21 @@ def test_trains_on_ml100k_and_reloads(model_name, ml100k_root, tmp_path):
     reloaded = evaluate_saved(results["model_file"], "test")
     for key, value in results["test"].items():
         assert reloaded[key] == pytest.approx(value, abs=1e-6), key
+
+
+@pytest.mark.parametrize("method", ["dense", "sampled"])
+def test_batched_group_gradients_through_the_model_equal_the_loop(alpharec, method):
+    """``group_grad_method: batched``: one vmapped backward through the sparse products and the
+    negative scores (their vmap rules) gives each group's gradient w.r.t. theta."""
+    _config, model, train_data, _valid = alpharec
+    model.negative_method = method
+    users, pos, neg = model.sample_batch(first_batch(train_data))
+    per_sample = model(users[:512], pos[:512], neg[:512])
+    model.negative_method = "auto"
+    losses = torch.stack([per_sample[0::2].mean(), per_sample[1::2].mean()])
+    params = model.projector_parameters()
+    batched = torch.autograd.grad(losses, params, torch.eye(2), retain_graph=True, is_grads_batched=True)
+    for group in range(2):
+        looped = torch.autograd.grad(losses[group], params, retain_graph=True)
+        for got, want in zip(batched, looped, strict=True):
+            torch.testing.assert_close(got[group], want, rtol=1e-4, atol=1e-6)
