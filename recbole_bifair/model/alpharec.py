@@ -15,6 +15,7 @@ Findings and Potentials" (ICLR 2025), Section 3 (Eq. 2-4); ALGORITHMS.md section
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from recbole_bifair.model import settings
 from recbole_bifair.model.llm_base import (
@@ -73,7 +74,7 @@ class AlphaRec(LLMRecommender):
         """Same values as ``encode(M Z, Z)``, cheaper: the first layer is affine and each row of M
         sums to 1, so Linear1(M Z) = M Linear1(Z) for every user with a train item. The widest
         product (d x h) then runs over the items only, not over users + items."""
-        with self.autocast():  # bf16 GEMMs under ``precision: bf16``; the sparse products stay fp32
+        with self.autocast():  # bf16 GEMMs under ``precision: bf16``; the propagation in fp32
             item_hidden = self.z_entry_layer()(self.item_table)
         return self.embeddings_from_entry(item_hidden)
 
@@ -86,7 +87,9 @@ class AlphaRec(LLMRecommender):
         """(user_emb, item_emb) from H = Linear1(Z): users take M H, then LeakyReLU, Linear2 and
         the propagation."""
         _first, activation, second = self.projector
-        user_hidden = self.user_mean_of(item_hidden.float()).to(item_hidden.dtype)
+        user_hidden = self.user_mean_of(item_hidden)  # in H's dtype (bf16 halves its bytes)
         with self.autocast():
-            ego = second(activation(torch.cat([user_hidden, item_hidden], dim=0)))
+            hidden = torch.cat([user_hidden, item_hidden], dim=0)
+            # LeakyReLU in place: the concatenation is a temporary (saves a [U + I, h] tensor)
+            ego = second(F.leaky_relu(hidden, activation.negative_slope, inplace=True))
         return self.propagate(ego.float())

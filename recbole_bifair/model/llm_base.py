@@ -52,6 +52,7 @@ from recbole_bifair.model.sparse_ops import sparse_mm
 
 MAX_REJECTION_ROUNDS = 1000
 MAX_BITMAP_BITS = 2**31  # train-set bitmap up to 256 MB; larger graphs use binary search
+MAX_BYTEMAP_BYTES = 2**26  # up to 64 MB, one byte per (user, item): a lookup without bit arithmetic
 
 
 def normalized_bipartite_adjacency(
@@ -101,6 +102,13 @@ def lightgcn_propagate(adjacency: torch.Tensor, embeddings: torch.Tensor, n_laye
     for _ in range(n_layers):
         layers.append(sparse_mm(adjacency, layers[-1], adjacency))  # A_hat is symmetric
     return torch.stack(layers).mean(dim=0)
+
+
+def packed_bitmap(keys: torch.Tensor, size: int) -> torch.Tensor:
+    """int64 words with bit k % 64 of word k // 64 set for each of the (unique) ``keys`` < size."""
+    words = torch.zeros((size + 63) // 64, dtype=torch.int64)
+    words.index_add_(0, keys // 64, torch.ones_like(keys) << (keys % 64))  # keys unique: sum = OR
+    return words
 
 
 def unit_backward(rows: torch.Tensor, unit_grad: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -215,12 +223,14 @@ class LLMRecommender(GeneralRecommender):
         key_users = keys // self.n_items
         count = torch.bincount(key_users, minlength=self.n_users)
         self.register_buffer("train_keys", keys, persistent=False)
-        if self.n_users * self.n_items <= MAX_BITMAP_BITS:  # packed bitmap: O(1) membership test
-            words = torch.zeros((self.n_users * self.n_items + 63) // 64, dtype=torch.int64)
-            words.index_add_(0, keys // 64, torch.ones_like(keys) << (keys % 64))  # keys unique: sum = OR
-            self.register_buffer("train_bitmap", words, persistent=False)
-        else:  # too large: binary search in the sorted keys
-            self.train_bitmap = None
+        flags = words = None  # neither when too large: binary search in the sorted keys
+        if self.n_users * self.n_items <= MAX_BYTEMAP_BYTES:  # one bool per pair: O(1), one gather
+            flags = torch.zeros(self.n_users * self.n_items, dtype=torch.bool)
+            flags[keys] = True
+        elif self.n_users * self.n_items <= MAX_BITMAP_BITS:  # packed bitmap: O(1) membership test
+            words = packed_bitmap(keys, self.n_users * self.n_items)
+        self.register_buffer("train_bytemap", flags, persistent=False)
+        self.register_buffer("train_bitmap", words, persistent=False)
         self.register_buffer("train_items_by_user", keys % self.n_items, persistent=False)
         self.register_buffer("user_offsets", torch.cumsum(count, 0) - count, persistent=False)
         self.register_buffer("user_train_count", count, persistent=False)
@@ -228,9 +238,14 @@ class LLMRecommender(GeneralRecommender):
 
     def is_train_pair(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Boolean mask, same shape: is (user, item) a train interaction."""
-        keys = users * self.n_items + items
+        return self.is_train_key(users * self.n_items + items)
+
+    def is_train_key(self, keys: torch.Tensor) -> torch.Tensor:
+        """Boolean mask, same shape: is the pair ``key = user * n_items + item`` in train."""
+        if self.train_bytemap is not None:
+            return self.train_bytemap[keys]
         if self.train_bitmap is not None:
-            return ((self.train_bitmap[keys // 64] >> (keys % 64)) & 1).bool()
+            return ((self.train_bitmap[keys >> 6] >> (keys & 63)) & 1).bool()  # word keys // 64, bit keys % 64
         position = torch.searchsorted(self.train_keys, keys).clamp(max=len(self.train_keys) - 1)
         return self.train_keys[position] == keys
 
@@ -240,15 +255,16 @@ class LLMRecommender(GeneralRecommender):
         Rejection sampling, vectorised: only the rejected positions are redrawn each round.
         """
         num = self.num_negatives if num is None else num
-        row_users = users.unsqueeze(1).expand(-1, num).reshape(-1)
-        negatives = torch.randint(1, self.n_items, row_users.shape, device=users.device)
-        redraw = torch.nonzero(self.is_train_pair(row_users, negatives)).squeeze(1)
+        row_keys = users * self.n_items  # key of (user, 0)
+        negatives = torch.randint(1, self.n_items, (len(users), num), device=users.device)
+        redraw = torch.nonzero(self.is_train_key((row_keys.unsqueeze(1) + negatives).view(-1))).squeeze(1)
+        negatives = negatives.view(-1)
         for _ in range(MAX_REJECTION_ROUNDS):
             if len(redraw) == 0:
                 return negatives.view(-1, num)
             drawn = torch.randint(1, self.n_items, redraw.shape, device=users.device)
             negatives[redraw] = drawn
-            redraw = redraw[self.is_train_pair(row_users[redraw], drawn)]
+            redraw = redraw[self.is_train_key(row_keys[redraw // num] + drawn)]
         raise RuntimeError("negative sampling did not converge: a user has (almost) every item in train")
 
     def sample_user_positives(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,9 +4,10 @@ The LLM models' cost is the projector's GEMMs (AlphaRec's 384 x 3072 x 64 MLP ov
 every step; ALGORITHMS.md section 3) and the dense score GEMM. With ``bf16`` these run under
 ``torch.autocast(dtype=torch.bfloat16)`` where the hardware has bfloat16 arithmetic: CUDA
 devices that report it, and CPUs with the AVX512-BF16 or AMX-BF16 instructions (the flags
-``avx512_bf16`` / ``amx_bf16`` of /proc/cpuinfo). Parameters, optimiser state, the sparse
-products (user mean, propagation), the sampled scores and the loss stay float32. Elsewhere
-``bf16`` logs one warning line and runs float32.
+``avx512_bf16`` / ``amx_bf16`` of /proc/cpuinfo). AlphaRec's user mean of the hidden rows runs
+in bf16 too (``embedding_bag``, half the bytes); parameters, optimiser state, the propagation,
+the sampled scores and the loss stay float32. Elsewhere ``bf16`` logs one warning line and runs
+float32.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from recbole_bifair.model.alpharec import hidden_width
 from recbole_bifair.model.llm_base import (
     lightgcn_propagate,
     normalized_bipartite_adjacency,
+    packed_bitmap,
     user_mean_matrix,
 )
 from recbole_bifair.quick_start import build_config, build_data, build_trainer, evaluate_saved
@@ -175,17 +176,20 @@ def test_negatives_never_in_train_set(linear):
     assert len(torch.unique(negatives)) > 0.9 * model.n_items
 
 
-def test_binary_search_membership_agrees_with_bitmap(linear):
+def test_bytemap_bitmap_and_binary_search_membership_agree(linear):
     _config, model, _train, _valid = linear
     users = torch.randint(0, model.n_users, (5000,))
     items = torch.randint(0, model.n_items, (5000,))
-    bitmap = model.is_train_pair(users, items)
-    saved, model.train_bitmap = model.train_bitmap, None
+    bytemap = model.is_train_pair(users, items)
+    assert model.train_bytemap is not None and bytemap.any()
+    saved = model.train_bytemap, model.train_bitmap
     try:
-        assert torch.equal(model.is_train_pair(users, items), bitmap)
+        model.train_bytemap, model.train_bitmap = None, packed_bitmap(model.train_keys, model.n_users * model.n_items)
+        assert torch.equal(model.is_train_pair(users, items), bytemap)
+        model.train_bitmap = None
+        assert torch.equal(model.is_train_pair(users, items), bytemap)
     finally:
-        model.train_bitmap = saved
-    assert bitmap.any()
+        model.train_bytemap, model.train_bitmap = saved
 
 
 def test_user_uniform_positives_come_from_the_users_train_set(linear):
