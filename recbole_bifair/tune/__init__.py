@@ -44,6 +44,7 @@ from recbole_bifair.tune.cli import (
 )
 from recbole_bifair.tune.ray_compat import (
     air_config_classes,
+    can_restore,
     current_trial_dir,
     hide_restore_hint,
     keep_results_in_storage,
@@ -156,6 +157,7 @@ __all__ = [
     "TRIAL_SUMMARY_FILE",
     "TrialRow",
     "air_config_classes",
+    "can_restore",
     "best_config",
     "best_row",
     "build_tuner",

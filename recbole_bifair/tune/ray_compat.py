@@ -113,6 +113,16 @@ def trial_ids(result_grid) -> list[str | None]:
     return [str(trial.trial_id) for trial in trials]
 
 
+def can_restore(run_dir: Path) -> bool:
+    """Ray left a restorable experiment in ``run_dir``: ``Tuner.can_restore`` (the Tuner's own
+    file) and the trials' state (``experiment_state-*.json``, written from the first trial's
+    start on, in every version checked). A run killed between the two has no trial to
+    restore: ``Tuner.restore`` would start over, without the original ``param_space``."""
+    from ray import tune
+
+    return tune.Tuner.can_restore(str(run_dir)) and any(run_dir.glob("experiment_state-*.json"))
+
+
 class _NoRestoreHint(logging.Filter):
     """Drops Ray's own "resume with ``Tuner.restore(...)``" advice (the project's ``--resume``
     command is printed instead)."""

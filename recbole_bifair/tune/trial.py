@@ -3,7 +3,8 @@
 (never the test split), and leave a summary file; plus the best checkpoint's test evaluation.
 
 The summary (``trial_summary.json``, written atomically when the trial has trained to its end)
-holds ``model_file``, ``best_valid_score``, ``valid``, ``epochs`` and ``seconds_per_epoch``;
+holds ``model_file``, ``best_valid_score``, ``valid``, ``epochs``, ``seconds_per_epoch`` and
+``node_id`` (the Ray node the trial ran on);
 ``test`` and ``per_group`` only when the settings ask for them (``record_test``: the seed runs
 of ``run_compare.py``, whose configuration was already chosen on valid)."""
 
@@ -31,6 +32,13 @@ def visible_gpu_id() -> str:
     import ray
 
     return ",".join(str(g) for g in ray.get_gpu_ids())
+
+
+def node_id() -> str:
+    """The id of the Ray node this worker runs on (hex)."""
+    import ray
+
+    return str(ray.get_runtime_context().get_node_id())
 
 
 def set_threads(cpus: float) -> None:
@@ -93,6 +101,7 @@ def trial_function(params: dict[str, Any], settings: dict[str, Any]) -> None:
         "valid": results["valid"],
         "epochs": len(epoch_seconds),
         "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None,
+        "node_id": node_id(),
     }
     if search.record_test:
         summary.update(test=results["test"], per_group=results["per_group"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from recbole_bifair.tune.ray_compat import hide_restore_hint, run_config
+from recbole_bifair.tune.ray_compat import can_restore, hide_restore_hint, run_config
 from recbole_bifair.tune.settings import SearchError, SearchSettings
 from recbole_bifair.tune.space import SearchSpace
 from recbole_bifair.tune.trial import trial_function
@@ -91,8 +91,11 @@ def restore_tuner(settings: SearchSettings, run_dir: Path):
     """The interrupted Tuner of ``run_dir``: finished trials kept, unfinished/errored ones rerun."""
     from ray import tune
 
-    if not tune.Tuner.can_restore(str(run_dir)):
-        raise SearchError(f"{run_dir}: no Ray Tune experiment state there; nothing to resume")
+    if not can_restore(run_dir):
+        raise SearchError(
+            f"{run_dir}: no Ray Tune trial state there (stopped before the first trial started); "
+            "nothing to resume: start the search again"
+        )
     make_search_alg(settings)  # fail clearly if the searcher's package has gone
     return tune.Tuner.restore(str(run_dir), trainable=make_trainable(settings), resume_errored=True)
 
@@ -116,12 +119,15 @@ def fit(tuner):
 
 
 def init_ray(address: str | None, num_cpus: int | None, cpus_per_trial: float) -> None:
-    """Start or join Ray; trials get ``OMP_NUM_THREADS`` = cpus per trial."""
+    """Join the cluster at ``address``, or start a Ray of this process's own (``address="local"``:
+    without it ``ray.init()`` joins any cluster started on this machine with ``ray start``);
+    trials get ``OMP_NUM_THREADS`` = cpus per trial."""
     import ray
 
     env = {"OMP_NUM_THREADS": str(max(1, int(cpus_per_trial)))}
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env},
+                 log_to_driver=False)  # fmt: skip
 
