@@ -128,6 +128,23 @@ def test_asha_stops_are_told_from_completed_trials(tmp_path, ml100k_root):
     assert "2 trials (1 completed, 1 early-stopped)" in done.stdout
 
 
+def test_a_failing_trial_is_retried_then_reported_as_errored(tmp_path, ml100k_root):
+    # train_batch_size 0 passes the driver (space values are the trials') and fails in the
+    # trial's Config check, on every attempt: one start plus --max_failures=1 retry.
+    space = tmp_path / "space.yaml"
+    space.write_text("train_batch_size: [2048, 0]\n", encoding="utf-8")
+    done = subprocess.run([
+        sys.executable, str(RUN_HYPER), "--model=BPR", f"--space={space}", "--scheduler=fifo", "--max_failures=1",
+        "--num_cpus=2", "--verbose=0", f"--storage={tmp_path}", "--name=fail", "--epochs=1",
+        f"--data_path={ml100k_root}",
+    ], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert statuses(tmp_path / "fail") == [COMPLETED, ERROR]
+    assert "2 trials (1 completed, 1 errored)" in done.stdout and "train_batch_size=2048" in done.stdout
+    failed = next((tmp_path / "fail").glob("trial_function_*_1_*"))
+    assert len((failed / "trial_starts.txt").read_text().split()) == 2
+
+
 def test_ctrl_c_prints_the_resume_command_and_tells_unfinished_trials_apart(tmp_path, ml100k_root):
     space = tmp_path / "space.yaml"
     space.write_text("epochs: [2, 40, 3]\n", encoding="utf-8")
