@@ -38,6 +38,7 @@ from recbole_bifair.errors import ConfigKeyError
 from recbole_bifair.registry import register_trainer
 from recbole_bifair.trainer.balancing import BALANCE_NORMS, BalanceResult, balance, group_gradients
 from recbole_bifair.trainer.fair_base import PlainTrainer, group_losses
+from recbole_bifair.trainer.item_table import config_value
 
 __all__ = [
     "DRORecTrainer",
@@ -236,10 +237,7 @@ def multifr_direction(
 # ---------------------------------------------------------------------- trainers
 
 
-def _setting(config, key: str, default):
-    """``config[key]``, or ``default`` when the key is unset."""
-    value = config[key]
-    return default if value is None else value
+_setting = config_value  # ``config[key]``, or ``default`` only when the key is unset
 
 
 class GroupWeightTrainer(PlainTrainer):
@@ -315,7 +313,7 @@ class ReweightTrainer(GroupWeightTrainer):
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
 
 @register_trainer
@@ -338,8 +336,10 @@ class MultiFRTrainer(GroupWeightTrainer):
             raise ConfigKeyError(
                 f"multifr_balance_norm must be one of {BALANCE_NORMS}, got {self.balance_norm!r}"
             )
-        # lower bound on each w_n
-        self.min_group_weight = float(_setting(config, "multifr_min_group_weight", 0.0))
+        # the same floor as BiFair (ALGORITHMS.md 6): w_n >= min_group_share / N, same key and default
+        self.min_group_share = float(_setting(config, "min_group_share", 0.2))
+        if not 0.0 <= self.min_group_share <= 1.0:
+            raise ConfigKeyError(f"min_group_share must be in [0, 1], got {self.min_group_share}")
         self.alpha_sum: Tensor | None = None
         self.alpha_count: Tensor | None = None
 
@@ -363,9 +363,8 @@ class MultiFRTrainer(GroupWeightTrainer):
         losses, present, _counts = group_losses(per_sample, groups, self.n_groups)
         params = self.model.projector_parameters()
         grads = self.group_gradients(losses, retain_graph=False)
-        result, direction = multifr_direction(
-            losses, params, self.balance_norm, self.min_group_weight, grads
-        )
+        gamma = self.min_group_share / len(losses) if len(losses) > 1 else 0.0
+        result, direction = multifr_direction(losses, params, self.balance_norm, gamma, grads)
         self.optimizer.zero_grad()
         assign_flat_gradient(params, direction)
         self.optimizer.step()
@@ -413,7 +412,7 @@ class DRORecTrainer(GroupWeightTrainer):
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     def extra_checkpoint_state(self) -> dict:
         return {**super().extra_checkpoint_state(), "dro_loss_ema": self.loss_ema, "dro_q": self.q}

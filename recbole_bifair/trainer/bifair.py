@@ -2,48 +2,71 @@
 ``Separate`` ablation (Section 4.5).
 
 Learnable: theta (the projector) and Z (the LLM item table, initialised from stage I). One
-iteration on batch b, the outer step first as in DARTS:
+balance per iteration (Section 3.3, last paragraph: the fairness-aware weight w of Eq. 10 is
+computed "only after determining the update directions for both the inner and outer levels";
+solving it again at every gradient step is "the naive method"). One iteration on batch b, in
+Algorithm 1's order (inner, then outer):
 
-1. L = L(theta, Z; b); alpha_in = balance(L, theta)              (Section 3.3, Algorithm 2)
-2. g = sum alpha_in g_n (the balance's own group gradients, no extra backward);
-   virtual step theta' = theta - xi g, xi = the current theta learning rate [choice,
-   ``xi: lr``]; ``xi: 0`` is the first-order variant.
-3. L' = L(theta', Z; b_out) through ``torch.func.functional_call``; alpha_out = balance(L',
-   theta'); F = sum alpha_out L'; (dZ, v) = grad of F w.r.t. (Z, theta') in one backward.
-   b_out = b [choice, ``outer_batch: same``] or a freshly sampled batch (``next``).
-4. eps = ``fd_epsilon`` / ||v|| (0.01, global norm over all projector tensors);
-   hZ = [grad_Z sum alpha_in L(theta + eps v, Z; b) - grad_Z sum alpha_in L(theta - eps v, Z; b)] / (2 eps)
-5. Z.grad = dZ - xi hZ; a row-sparse AdamW step on Z (only rows with gradient change).
-6. Inner step: L = L(theta, Z; b) with the new Z; alpha = balance(L, theta);
-   theta.grad = sum alpha g_n (again the balance's own gradients); AdamW step on theta.
+1. One forward at (theta, Z); group losses L_n (Eq. 8). One set of per-group backward passes
+   gives both levels' group gradients: g_n^theta and dL_n/dH with H = Z W1^T + b1 the output of
+   the layer Z enters through, so g_n^Z = (dL_n/dH) W1 needs no d-wide product per group
+   (:mod:`recbole_bifair.trainer.item_table`). The scoring part's backward runs once for all
+   groups (the model's ``group_embedding_gradients``); the N passes go from the output
+   embeddings to (theta, H).
+2. The balance is solved once (Algorithm 2, :func:`balancing.balance`) over {g_n} plus the
+   entropy element -grad H_s. [choice, ``balance_gram: theta``] the Gram is over g_n^theta;
+   ``theta_z`` appends g_n^Z. ``balance_space: embeddings`` takes the g_n w.r.t. the output
+   embeddings instead (MGDA-UB) and needs a single pass for the combined direction.
+   alpha = the effective group weights, used by both levels below.
+3. Inner step: theta.grad = sum alpha_n g_n^theta; AdamW step -> theta_t.
+4. Outer step (Eq. 5-7), every ``outer_every`` iterations, with the same alpha (no new balance):
+   - ``xi: 0`` (first order): Z.grad = sum alpha_n g_n^Z from step 1, no further pass.
+   - otherwise theta' = base - xi sum alpha_n g_n^theta, xi = the current theta learning rate
+     [choice, ``xi: lr``], base = theta (the point the gradients were taken at, DARTS) [choice,
+     ``virtual_base: theta``; ``theta_t`` starts from the inner step's result];
+     F = sum alpha_n L_n(theta', Z; b_out), b_out = b [choice, ``outer_batch: same``] or a
+     freshly sampled batch (``next``; groups absent from b get weight 0 there);
+     (dZ, v) = grad of F w.r.t. (Z, theta') in one backward; eps = ``fd_epsilon`` / ||v||;
+     hZ = [grad_Z F(base + eps v, Z; b) - grad_Z F(base - eps v, Z; b)] / (2 eps) (these two
+     backward passes only reach H, never the weights); Z.grad = dZ - xi hZ; a row-sparse
+     AdamW step on Z (only rows with a non-zero gradient change).
+   Virtual points are evaluated by writing them into theta in place and restoring theta_t
+   afterwards (no functional copy of the model).
 
-Both optimisers are AdamW with polynomial decay (power 0.9). Z's weight decay is 0 [choice,
-``z_weight_decay``]. The outer step runs every ``outer_every`` iterations.
+``z_learning_rate: 0`` skips step 4: Z stays bit-identical to stage I (the "balanced loss,
+Z frozen" control). Both optimisers are AdamW with polynomial decay (power 0.9); Z's weight
+decay is 0 [choice, ``z_weight_decay``].
 
 Deviation, from ALGORITHMS.md section 9.1: the literal min-norm step collapses when group
 gradients are nearly aligned, so the balance keeps each group element's weight >= gamma
-(``min_group_share`` / N; 0 gives the literal solver) — the paper's "minimum guarantee on the
-solutions for low-loss groups". Logged every epoch: group losses, alpha, w[N], sum alpha, the
-combined-gradient norm and ||xi hZ|| / ||dZ||.
+(``min_group_share`` / N; 0 gives the literal solver), the paper's "minimum guarantee on the
+solutions for low-loss groups". Logged every epoch: group losses, alpha (the weights both
+levels used), w[N], sum alpha, the combined-gradient norm and ||xi hZ|| / ||dZ||.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch.func import functional_call
 
 from recbole_bifair.errors import ConfigKeyError
 from recbole_bifair.registry import register_trainer
-from recbole_bifair.trainer.balancing import BalanceResult, balance
+from recbole_bifair.trainer.balancing import BALANCE_NORMS, BalanceResult, balance
 from recbole_bifair.trainer.fair_base import PlainTrainer, check_model_api, group_losses
-from recbole_bifair.trainer.row_sparse_adamw import RowSparseAdamW
+from recbole_bifair.trainer.item_table import (
+    LearnableItemTable,
+    check_item_table_api,
+    config_value,
+    non_negative_float,
+    z_gradient_from_entry,
+)
 
 
 def unflatten(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Split a flat vector into tensors shaped like ``like`` (the order of ``group_gradients``)."""
+    """Split a flat vector into tensors shaped like ``like`` (the order of the group gradients)."""
     pieces, start = [], 0
     for tensor in like:
         pieces.append(flat[start:start + tensor.numel()].view_as(tensor))
@@ -55,52 +78,74 @@ def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.sqrt(sum((t.double() ** 2).sum() for t in tensors))
 
 
+@contextmanager
+def parameters_at(params: list[torch.nn.Parameter], values: list[torch.Tensor]):
+    """Evaluate the model at ``values`` of ``params`` (written in place), then restore them."""
+    saved = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for param, value in zip(params, values, strict=True):
+            param.copy_(value)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for param, value in zip(params, saved, strict=True):
+                param.copy_(value)
+
+
 @dataclass
-class BalancedObjective:
-    """One balanced batch: per-sample and group losses, the balance, and theta."""
+class BalancedStep:
+    """One balanced batch: what the balance found and both levels' combined gradients.
+
+    theta_grad: sum_n alpha_n g_n^theta, one tensor per projector parameter.
+    entry_grad: sum_n alpha_n dL_n/dH ([n_items, width] of the Z entry layer), or None when not
+        asked for; Z's gradient is ``entry_grad @ W`` at the theta of this step.
+    """
 
     per_sample: torch.Tensor
     losses: torch.Tensor
+    present: torch.Tensor
     result: BalanceResult
-    params: list[torch.Tensor]
-    grads_are_theta: bool  # the balance's group gradients are w.r.t. theta (balance_space: params)
+    theta_grad: list[torch.Tensor]
+    entry_grad: torch.Tensor | None
 
-    def loss(self) -> torch.Tensor:
-        """sum_n alpha_n L_n with alpha detached (the fair loss)."""
-        return (self.result.alpha * self.losses).sum()
-
-    def theta_gradient(self, retain_graph: bool = True) -> list[torch.Tensor]:
-        """grad_theta sum alpha L: from the balance's own group gradients when they are w.r.t.
-        theta (no backward), else one backward."""
-        if self.grads_are_theta:
-            grads = self.result.group_grads
-            combined = self.result.alpha.to(grads.dtype) @ grads
-            return [g.to(p.dtype).clone() for p, g in zip(self.params, unflatten(combined, self.params), strict=True)]
-        return list(torch.autograd.grad(self.loss(), self.params, retain_graph=retain_graph))
+    def full_alpha(self, n_groups: int) -> torch.Tensor:
+        """alpha over all groups (0 for groups absent from this batch)."""
+        alpha = torch.zeros(n_groups, dtype=self.result.alpha.dtype, device=self.result.alpha.device)
+        alpha[self.present] = self.result.alpha
+        return alpha
 
 
-class BalancedLossTrainer(PlainTrainer):
-    """Shared by BiFair and Separate: the adaptive fairness-aware loss and its epoch log."""
+class BalancedLossTrainer(LearnableItemTable, PlainTrainer):
+    """Shared by BiFair and Separate: the adaptive fairness-aware loss, one balance per batch,
+    and its epoch log."""
 
     def __init__(self, config, model):
-        check_model_api(model, type(self).__name__.removesuffix("Trainer"))
-        model.set_item_table_learnable(True)
+        name = type(self).__name__.removesuffix("Trainer")
+        check_model_api(model, name)
+        check_item_table_api(model, name)
+        self.init_item_table(config, model)
         super().__init__(config, model)
-        self.balance_entropy = bool(config["balance_entropy"] if config["balance_entropy"] is not None else True)
-        self.min_group_share = float(config["min_group_share"] or 0.0)  # groups' joint floor in the min-norm problem
-        self.balance_norm = config["balance_norm"] or "none"  # gradient normalisation before the solve
-        self.fw_max_iter = int(config["fw_max_iter"] or 250)  # Frank-Wolfe iteration cap
-        self.fw_tol = float(config["fw_tol"] or 1e-5)  # Frank-Wolfe stop: sum |dw| < tol
-        self.balance_space = config["balance_space"] or "params"  # params (the paper's g_n) | embeddings (MGDA-UB)
-        if self.balance_space not in ("params", "embeddings"):
-            raise ConfigKeyError(f"balance_space must be 'params' or 'embeddings', got {self.balance_space!r}")
+        self.balance_entropy = bool(config_value(config, "balance_entropy", True))
+        # groups' joint floor in the min-norm problem (ALGORITHMS.md 9.1)
+        self.min_group_share = float(config_value(config, "min_group_share", 0.0))
         if not 0.0 <= self.min_group_share <= 1.0:
             raise ConfigKeyError(f"min_group_share must be in [0, 1], got {self.min_group_share}")
-        self.z_optimizer = RowSparseAdamW(
-            [model.item_table],
-            lr=float(config["z_learning_rate"] or 1e-4),
-            weight_decay=float(config["z_weight_decay"] or 0.0),
-        )
+        self.balance_norm = config_value(config, "balance_norm", "none")  # normalisation before the solve
+        if self.balance_norm not in BALANCE_NORMS:
+            raise ConfigKeyError(f"balance_norm must be one of {BALANCE_NORMS}, got {self.balance_norm!r}")
+        self.fw_max_iter = config_value(config, "fw_max_iter", 250)  # Frank-Wolfe iteration cap
+        if isinstance(self.fw_max_iter, bool) or not isinstance(self.fw_max_iter, int) or self.fw_max_iter < 1:
+            raise ConfigKeyError(f"fw_max_iter must be an integer >= 1, got {self.fw_max_iter!r}")
+        self.fw_tol = non_negative_float(config, "fw_tol", 1e-5)  # Frank-Wolfe stop: sum |dw| < tol
+        self.balance_space = config_value(config, "balance_space", "params")  # params | embeddings (MGDA-UB)
+        if self.balance_space not in ("params", "embeddings"):
+            raise ConfigKeyError(f"balance_space must be 'params' or 'embeddings', got {self.balance_space!r}")
+        self.balance_gram = config_value(config, "balance_gram", "theta")  # theta | theta_z
+        if self.balance_gram not in ("theta", "theta_z"):
+            raise ConfigKeyError(f"balance_gram must be 'theta' or 'theta_z', got {self.balance_gram!r}")
+        if self.balance_gram == "theta_z" and self.balance_space != "params":
+            raise ConfigKeyError("balance_gram: theta_z needs balance_space: params")
         self.epoch_log: dict[str, list] = defaultdict(list)
 
     def _build_optimizer(self, **kwargs):
@@ -108,46 +153,113 @@ class BalancedLossTrainer(PlainTrainer):
         return super()._build_optimizer(**kwargs)
 
     def optimizers(self) -> list:
-        return [self.optimizer, self.z_optimizer]
+        return [self.optimizer] + ([self.z_optimizer] if self.learns_z else [])
 
-    def theta(self) -> tuple[list[str], list[torch.nn.Parameter]]:
-        named = self.model.named_projector_parameters()
-        return list(named), list(named.values())
+    def theta(self) -> list[torch.nn.Parameter]:
+        return self.model.projector_parameters()
 
-    def balanced_objective(self, batch, theta_by_name: dict | None = None, log: str | None = None):
-        """Balance one batch at theta (or at a virtual ``theta_by_name``): the group losses, the
-        balance and, on demand, the gradient of sum alpha L w.r.t. theta.
+    # ------------------------------------------------------------ forward and the balance
 
-        ``balance_space: params`` takes the group gradients w.r.t. theta (the paper's g_n);
-        ``embeddings`` takes them w.r.t. the shared output embeddings (MGDA-UB, Sener & Koltun
-        2018, the "upper bound" variant of the MGDA reference code): N cheap backward passes
-        through the scoring part only, then one backward for the combined gradient.
-        """
-        names, params = self.theta() if theta_by_name is None else (list(theta_by_name), list(theta_by_name.values()))
-        in_embeddings = self.balance_space == "embeddings"
-        kwargs = {"return_embeddings": True} if in_embeddings else {}
-        if theta_by_name is None:
-            output = self.model(*batch, **kwargs)
-        else:
-            output = functional_call(self.model, theta_by_name, batch, kwargs)
-        per_sample, space = (output[0], list(output[1:])) if in_embeddings else (output, params)
+    def forward_from_entry(self, batch):
+        """(per-sample loss, H, user_emb, item_emb) at the current theta, with H = entry(Z)
+        a graph node (Z itself detached: its gradient is mapped from H's)."""
+        layer = self.model.z_entry_layer()
+        entry = layer(self.model.item_table.detach())
+        user_emb, item_emb = self.model.embeddings_from_entry(entry)
+        per_sample = self.model.loss_from_embeddings(user_emb, item_emb, *batch)
+        return per_sample, entry, user_emb, item_emb
+
+    def weighted_loss(self, per_sample: torch.Tensor, batch, alpha_full: torch.Tensor) -> torch.Tensor:
+        """sum_n alpha_n L_n over the groups present in ``batch`` (alpha detached)."""
+        losses, present, _counts = group_losses(per_sample, self.item_group[batch[1]], self.n_groups)
+        return (alpha_full[present].to(losses.dtype) * losses).sum()
+
+    def balanced_step(self, batch, want_entry: bool, log: str | None = None) -> BalancedStep:
+        """Steps 1-2: group losses, one set of group gradients, one balance; returns the combined
+        theta gradient and (``want_entry``) the combined gradient w.r.t. Z's entry layer output."""
+        per_sample, entry, user_emb, item_emb = self.forward_from_entry(batch)
         sample_groups = self.item_group[batch[1]]
         losses, present, _counts = group_losses(per_sample, sample_groups, self.n_groups)
+        theta = self.theta()
+        inputs = [*theta, entry] if want_entry else theta
         gamma = self.min_group_share / len(losses) if len(losses) > 1 else 0.0
-        grads = None
-        if len(losses) > 1 and in_embeddings:  # all N groups in one pass (see the model method)
-            present_index = torch.full((self.n_groups + 1,), -1, dtype=torch.long, device=present.device)
-            present_index[present] = torch.arange(len(present), device=present.device)
-            grads = self.model.group_embedding_gradients(*space, *batch, present_index[sample_groups], len(present))
-        elif len(losses) > 1:
-            grads = self.group_gradients(losses, space)
-        result = balance(
-            losses, space, entropy=self.balance_entropy, min_group_weight=gamma,
-            balance_norm=self.balance_norm, max_iter=self.fw_max_iter, tol=self.fw_tol, grads=grads,
-        )
+        settings = dict(entropy=self.balance_entropy, min_group_weight=gamma, balance_norm=self.balance_norm,
+                        max_iter=self.fw_max_iter, tol=self.fw_tol)
+        if len(losses) == 1:  # one group: alpha = [1], the plain gradient
+            result = balance(losses, [], grads=losses.new_zeros(1, 1), **settings)
+            combined = list(torch.autograd.grad(losses[0], inputs))
+        else:
+            embedding_grads = self._embedding_group_gradients(per_sample, losses, present, sample_groups,
+                                                              batch, user_emb, item_emb)
+            if self.balance_space == "embeddings":
+                result = balance(losses, [], grads=embedding_grads, **settings)
+                combined = self._backward_from_embeddings(result.alpha @ embedding_grads, user_emb, item_emb, inputs)
+            else:
+                per_group = self._parameter_group_gradients(embedding_grads, losses, user_emb, item_emb, inputs)
+                theta_width = sum(p.numel() for p in theta)
+                gram_grads = per_group[:, :theta_width]
+                if self.balance_gram == "theta_z":
+                    layer = self.model.z_entry_layer()
+                    z_grads = torch.stack([z_gradient_from_entry(g, layer).reshape(-1)
+                                           for g in per_group[:, theta_width:]])
+                    gram_grads = torch.cat([gram_grads, z_grads], dim=1)
+                result = balance(losses, [], grads=gram_grads, **settings)
+                combined = unflatten(result.alpha.to(per_group.dtype) @ per_group, inputs)
+                combined = [g.clone() for g in combined]
         if log:
             self._log_balance(log, losses, present, result)
-        return BalancedObjective(per_sample, losses, result, params, grads_are_theta=not in_embeddings)
+        entry_grad = combined[-1] if want_entry else None
+        return BalancedStep(per_sample.detach(), losses.detach(), present, result,
+                            combined[:len(theta)], entry_grad)
+
+    def _embedding_group_gradients(self, per_sample, losses, present, sample_groups, batch, user_emb, item_emb):
+        """[N, (U+I) D] group gradients w.r.t. the output embeddings: one pass through the
+        scoring part for all groups (the model's ``group_embedding_gradients``), else N passes."""
+        method = getattr(self.model, "group_embedding_gradients", None)
+        if method is None:
+            return self.group_gradients(losses, [user_emb, item_emb])
+        present_index = torch.full((self.n_groups + 1,), -1, dtype=torch.long, device=present.device)
+        present_index[present] = torch.arange(len(present), device=present.device)
+        return method(user_emb, item_emb, *batch, present_index[sample_groups], len(present))
+
+    def _split_embedding_gradient(self, flat: torch.Tensor, user_emb, item_emb):
+        """[..., (U+I) D] -> ([..., U, D], [..., I, D])."""
+        user_part, item_part = flat.split([user_emb.numel(), item_emb.numel()], dim=-1)
+        return user_part.reshape(*flat.shape[:-1], *user_emb.shape), item_part.reshape(*flat.shape[:-1], *item_emb.shape)
+
+    def _backward_from_embeddings(self, flat_grad, user_emb, item_emb, inputs, retain_graph=False):
+        """Gradients w.r.t. ``inputs`` of <flat_grad, (user_emb, item_emb)> (one backward pass)."""
+        user_grad, item_grad = self._split_embedding_gradient(flat_grad.to(user_emb.dtype), user_emb, item_emb)
+        return list(torch.autograd.grad([user_emb, item_emb], inputs, grad_outputs=[user_grad, item_grad],
+                                        retain_graph=retain_graph, allow_unused=True))
+
+    def _parameter_group_gradients(self, embedding_grads, losses, user_emb, item_emb, inputs) -> torch.Tensor:
+        """[N, P] group gradients w.r.t. ``inputs`` (theta, and H when asked): N backward passes
+        from the output embeddings (the scoring part's backward is already in
+        ``embedding_grads``), or one batched pass (``group_grad_method: batched``)."""
+        if self.group_grad_method == "batched":
+            user_grad, item_grad = self._split_embedding_gradient(embedding_grads.to(user_emb.dtype), user_emb, item_emb)
+            grads = torch.autograd.grad([user_emb, item_emb], inputs, grad_outputs=[user_grad, item_grad],
+                                        is_grads_batched=True, allow_unused=True)
+            rows = len(losses)
+            return torch.cat([(g if g is not None else p.new_zeros(rows, *p.shape)).reshape(rows, -1)
+                              for g, p in zip(grads, inputs, strict=True)], dim=1)
+        rows = []
+        for index in range(len(losses)):
+            grads = self._backward_from_embeddings(embedding_grads[index], user_emb, item_emb, inputs,
+                                                   retain_graph=index < len(losses) - 1)
+            rows.append(torch.cat([(g if g is not None else p.new_zeros(p.shape)).reshape(-1)
+                                   for g, p in zip(grads, inputs, strict=True)]))
+        return torch.stack(rows)
+
+    # ------------------------------------------------------------ the two levels' steps
+
+    def theta_step(self, step: BalancedStep) -> None:
+        """Step 3: theta <- AdamW step along sum alpha g^theta."""
+        for param, grad in zip(self.theta(), step.theta_grad, strict=True):
+            param.grad = grad.to(param.dtype)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _log_balance(self, tag, losses, present, result: BalanceResult) -> None:
         group_loss = torch.full((self.n_groups,), float("nan"))
@@ -160,29 +272,18 @@ class BalancedLossTrainer(PlainTrainer):
         self.epoch_log[f"{tag}_alpha_sum"].append(float(result.alpha.sum()))
         self.epoch_log[f"{tag}_combined_norm"].append(result.combined_grad_norm)
 
-    def inner_step(self, batch) -> float:
-        """Step 6: theta <- AdamW step on the balanced loss at the current Z."""
-        objective = self.balanced_objective(batch, log="inner")
-        for param, grad in zip(objective.params, objective.theta_gradient(retain_graph=False), strict=True):
-            param.grad = grad
-        self.optimizer.step()
-        self.model.item_table.grad = None
-        return float(objective.per_sample.detach().mean())
-
-    def z_step(self, batch) -> float:
-        """Z <- step on grad_Z of the balanced loss at the current theta (Separate, phase 2)."""
-        objective = self.balanced_objective(batch, log="z")
-        (z_grad,) = torch.autograd.grad(objective.loss(), [self.model.item_table])
-        self.model.item_table.grad = z_grad
-        self.z_optimizer.step()
-        self.model.item_table.grad = None
-        return float(objective.per_sample.detach().mean())
-
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.epoch_log.clear()
         loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
         self.logger.info(self.epoch_summary(epoch_idx))
         return loss
+
+    #: epoch-log tags and what their weights were used for
+    LOG_LABELS = {
+        "balance": "one balance per iteration, alpha used by the theta step and the Z step",
+        "theta": "balance for the theta step (Z frozen)",
+        "z": "balance for the Z step (theta frozen)",
+    }
 
     def epoch_summary(self, epoch_idx: int) -> str:
         def mean_vector(values):
@@ -191,96 +292,112 @@ class BalancedLossTrainer(PlainTrainer):
         def fmt(values):
             return "[" + ", ".join(f"{v:.4f}" for v in values) + "]"
 
-        parts = [f"epoch {epoch_idx} balance"]
-        for tag in ("outer", "inner", "z"):
-            if f"{tag}_losses" not in self.epoch_log:
+        def mean(values):
+            return sum(values) / len(values)
+
+        parts = [f"epoch {epoch_idx}"]
+        log = self.epoch_log
+        for tag, label in self.LOG_LABELS.items():
+            if f"{tag}_losses" not in log:
                 continue
-            log = self.epoch_log
             parts.append(
-                f"{tag}: group losses {fmt(mean_vector(log[f'{tag}_losses']))} alpha "
-                f"{fmt(mean_vector(log[f'{tag}_alpha']))} w[N] "
-                f"{sum(log[f'{tag}_entropy_weight']) / len(log[f'{tag}_entropy_weight']):.4f} sum(alpha) "
-                f"{sum(log[f'{tag}_alpha_sum']) / len(log[f'{tag}_alpha_sum']):.4f} |combined grad| "
-                f"{sum(log[f'{tag}_combined_norm']) / len(log[f'{tag}_combined_norm']):.3e}"
+                f"{label}: group losses {fmt(mean_vector(log[f'{tag}_losses']))} alpha "
+                f"{fmt(mean_vector(log[f'{tag}_alpha']))} w[N] {mean(log[f'{tag}_entropy_weight']):.4f} "
+                f"sum(alpha) {mean(log[f'{tag}_alpha_sum']):.4f} "
+                f"|combined grad| {mean(log[f'{tag}_combined_norm']):.3e}"
             )
-        if self.epoch_log.get("second_order_ratio"):
-            ratios = self.epoch_log["second_order_ratio"]
-            parts.append(f"|xi hZ|/|dZ| mean {sum(ratios) / len(ratios):.3e} max {max(ratios):.3e}")
+        if log.get("second_order_ratio"):
+            ratios = log["second_order_ratio"]
+            parts.append(f"|xi hZ|/|dZ| mean {mean(ratios):.3e} max {max(ratios):.3e}")
         return "; ".join(parts)
 
     def extra_checkpoint_state(self) -> dict:
-        state = super().extra_checkpoint_state()
-        state["z_optimizer"] = self.z_optimizer.state_dict()
-        return state
+        return {**super().extra_checkpoint_state(), **self.z_checkpoint_state()}
 
     def load_extra_checkpoint_state(self, checkpoint: dict) -> None:
         super().load_extra_checkpoint_state(checkpoint)
-        if "z_optimizer" in checkpoint:
-            self.z_optimizer.load_state_dict(checkpoint["z_optimizer"])
+        self.load_z_checkpoint_state(checkpoint)
 
 
 @register_trainer
 class BiFairTrainer(BalancedLossTrainer):
-    """Bi-level training of theta (inner) and Z (outer), both under the balanced loss."""
+    """Bi-level training of theta (inner) and Z (outer), both under the balanced loss, with one
+    balance per iteration (module docstring)."""
 
     def __init__(self, config, model):
         super().__init__(config, model)
-        self.xi_mode = config["xi"] if config["xi"] is not None else "lr"  # lr | a number (0 = first order)
+        self.xi_mode = config_value(config, "xi", "lr")  # lr | a number >= 0 (0 = first order)
         if self.xi_mode != "lr":
             try:
                 self.xi_mode = float(self.xi_mode)
             except (TypeError, ValueError):
-                raise ConfigKeyError(f"xi must be 'lr' or a number, got {self.xi_mode!r}") from None
-        self.outer_batch = config["outer_batch"] or "same"  # same | next
+                raise ConfigKeyError(f"xi must be 'lr' or a number >= 0, got {self.xi_mode!r}") from None
+            if not self.xi_mode >= 0:
+                raise ConfigKeyError(f"xi must be 'lr' or a number >= 0, got {self.xi_mode!r}")
+        self.outer_batch = config_value(config, "outer_batch", "same")  # same | next
         if self.outer_batch not in ("same", "next"):
             raise ConfigKeyError(f"outer_batch must be 'same' or 'next', got {self.outer_batch!r}")
-        self.outer_every = int(config["outer_every"] or 1)  # outer step every k iterations
-        self.fd_epsilon = float(config["fd_epsilon"] or 0.01)  # finite-difference step eps = fd_epsilon/||v||
+        self.outer_every = config_value(config, "outer_every", 1)  # outer step every k iterations
+        if isinstance(self.outer_every, bool) or not isinstance(self.outer_every, int) or self.outer_every < 1:
+            raise ConfigKeyError(f"outer_every must be an integer >= 1, got {self.outer_every!r}")
+        self.fd_epsilon = non_negative_float(config, "fd_epsilon", 0.01)  # eps = fd_epsilon / ||v||
+        if self.fd_epsilon == 0:
+            raise ConfigKeyError("fd_epsilon must be > 0 (the finite-difference step); use xi: 0 for no second-order term")
+        self.virtual_base = config_value(config, "virtual_base", "theta")  # theta | theta_t
+        if self.virtual_base not in ("theta", "theta_t"):
+            raise ConfigKeyError(f"virtual_base must be 'theta' or 'theta_t', got {self.virtual_base!r}")
 
     def current_xi(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"]) if self.xi_mode == "lr" else float(self.xi_mode)
 
     def train_step(self, interaction) -> float:
         batch = self.model.sample_batch(interaction)
-        if self.global_step % self.outer_every == 0:
-            outer_batch = batch if self.outer_batch == "same" else self.model.sample_batch(interaction)
-            self.outer_step(batch, outer_batch)
-        return self.inner_step(batch)
+        outer_now = self.learns_z and self.global_step % self.outer_every == 0
+        xi = self.current_xi() if outer_now else 0.0
+        first_order = outer_now and (xi == 0 and self.outer_batch == "same")
+        step = self.balanced_step(batch, want_entry=first_order, log="balance")
+        theta = self.theta()
+        base = [p.detach().clone() for p in theta] if outer_now and not first_order else None
+        entry_weight = self.model.z_entry_layer().weight.detach().clone() if first_order else None
+        self.theta_step(step)  # step 3 (inner)
+        if outer_now:  # step 4 (outer), same alpha
+            if first_order:
+                z_grad = step.entry_grad @ entry_weight
+                self.epoch_log["second_order_ratio"].append(0.0)
+            else:
+                outer_batch = batch if self.outer_batch == "same" else self.model.sample_batch(interaction)
+                if self.virtual_base == "theta_t":
+                    base = [p.detach().clone() for p in theta]
+                dz, second_order = self.z_hypergradient(step, base, batch, outer_batch, xi)
+                self.epoch_log["second_order_ratio"].append(
+                    float(second_order.norm() / dz.norm().clamp(min=1e-30)))
+                z_grad = dz - second_order
+            self.z_step(z_grad)
+        return float(step.per_sample.mean())
 
-    def z_hypergradient(self, batch, outer_batch):
-        """Steps 1-4: (dZ, xi hZ) for one iteration; Z's gradient is dZ - xi hZ."""
-        names, params = self.theta()
-        table = self.model.item_table
-        inner = self.balanced_objective(batch, log="outer")
-        xi = self.current_xi()
-        if xi == 0:  # first order: theta' = theta, so no virtual step and no second-order term
-            outer = inner if outer_batch is batch else self.balanced_objective(outer_batch)
-            (dz,) = torch.autograd.grad(outer.loss(), [table])
+    def z_gradient_at(self, values: list[torch.Tensor], batch, alpha_full, with_theta: bool = False):
+        """grad_Z of sum alpha L(values, Z; batch) (and, ``with_theta``, its theta gradient v)."""
+        theta = self.theta()
+        with parameters_at(theta, values):
+            per_sample, entry, _user, _item = self.forward_from_entry(batch)
+            loss = self.weighted_loss(per_sample, batch, alpha_full)
+            inputs = [entry, *theta] if with_theta else [entry]
+            entry_grad, *theta_grad = torch.autograd.grad(loss, inputs, allow_unused=True)
+            z_grad = z_gradient_from_entry(entry_grad, self.model.z_entry_layer())
+        theta_grad = [g if g is not None else torch.zeros_like(p) for g, p in zip(theta_grad, theta, strict=False)]
+        return z_grad, theta_grad
+
+    def z_hypergradient(self, step: BalancedStep, base: list[torch.Tensor], batch, outer_batch, xi: float):
+        """Step 4 for xi > 0 (or an outer batch of its own): (dZ, xi hZ); Z's gradient is dZ - xi hZ."""
+        alpha_full = step.full_alpha(self.n_groups)
+        virtual = [b - xi * g.to(b.dtype) for b, g in zip(base, step.theta_grad, strict=True)]
+        dz, v = self.z_gradient_at(virtual, outer_batch, alpha_full, with_theta=True)
+        if xi == 0:
             return dz, torch.zeros_like(dz)
-        virtual = [
-            (p - xi * g).detach().requires_grad_(True)
-            for p, g in zip(params, inner.theta_gradient(retain_graph=False), strict=True)
-        ]
-        outer = self.balanced_objective(outer_batch, dict(zip(names, virtual, strict=True)))
-        dz, *v = torch.autograd.grad(outer.loss(), [table, *virtual])
         eps = self.fd_epsilon / global_norm(v).clamp(min=1e-12).item()
-        alpha_in = inner.result.alpha.detach()
-
-        def z_gradient_at(sign: float) -> torch.Tensor:
-            shifted = {n: (p + sign * eps * vi).detach() for n, p, vi in zip(names, params, v, strict=True)}
-            per = functional_call(self.model, shifted, batch)
-            losses, _present, _counts = group_losses(per, self.item_group[batch[1]], self.n_groups)
-            return torch.autograd.grad((alpha_in * losses).sum(), [table])[0]
-
-        second_order = (z_gradient_at(1.0) - z_gradient_at(-1.0)) / (2 * eps)
-        return dz, xi * second_order
-
-    def outer_step(self, batch, outer_batch) -> None:
-        dz, second_order = self.z_hypergradient(batch, outer_batch)
-        self.epoch_log["second_order_ratio"].append(float(second_order.norm() / dz.norm().clamp(min=1e-30)))
-        self.model.item_table.grad = dz - second_order
-        self.z_optimizer.step()
-        self.model.item_table.grad = None
+        plus, _ = self.z_gradient_at([b + eps * vi for b, vi in zip(base, v, strict=True)], batch, alpha_full)
+        minus, _ = self.z_gradient_at([b - eps * vi for b, vi in zip(base, v, strict=True)], batch, alpha_full)
+        return dz, xi * (plus - minus) / (2 * eps)
 
 
 @register_trainer
@@ -288,8 +405,10 @@ class SeparateTrainer(BalancedLossTrainer):
     """Ablation (Section 4.5): theta with Z frozen, then Z with theta frozen, same balanced loss.
 
     Phase 1 trains theta until early stopping (or ``epochs``); phase 2 restarts from the best
-    state of phase 1 and trains Z for up to ``epochs`` more epochs with fresh early-stopping
-    counters; the best validation state over both phases is kept.
+    state of phase 1 and trains Z (row-sparse AdamW, ``z_learning_rate``, its own polynomial
+    schedule) for up to ``epochs`` more epochs with fresh early-stopping counters; the best
+    validation state over both phases is kept. Each step solves the balance once.
+    ``z_learning_rate: 0`` leaves phase 2 out.
     """
 
     def __init__(self, config, model):
@@ -301,13 +420,22 @@ class SeparateTrainer(BalancedLossTrainer):
 
     def train_step(self, interaction) -> float:
         batch = self.model.sample_batch(interaction)
-        return self.inner_step(batch) if self.phase == "theta" else self.z_step(batch)
+        if self.phase == "theta":
+            step = self.balanced_step(batch, want_entry=False, log="theta")
+            self.theta_step(step)
+        else:
+            step = self.balanced_step(batch, want_entry=True, log="z")
+            self.z_step(z_gradient_from_entry(step.entry_grad, self.model.z_entry_layer()))
+        return float(step.per_sample.mean())
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         resumed = getattr(self, "_resume_state", None) or {}
+        result = None
         if resumed.get("trainer_phase") != "z":  # a run resumed in phase 2 skips phase 1
             self.phase = "theta"
-            super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+            result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+            if not self.learns_z:
+                return result
             if saved and valid_data:
                 self.load_best_state()
             self.start_epoch, self.cur_step = 0, 0

@@ -23,22 +23,23 @@ from recbole.utils import set_color
 from tqdm import tqdm
 
 from recbole_bifair.data.groups import GROUP_KINDS, ItemGroups, build_item_groups
-from recbole_bifair.errors import ConfigKeyError, NonFiniteLossError, PluginError
+from recbole_bifair.errors import ConfigKeyError, NonFiniteLossError
 from recbole_bifair.registry import register_trainer
 from recbole_bifair.trainer.balancing import group_gradients
+from recbole_bifair.trainer.item_table import (
+    LearnableItemTable,
+    check_item_table_api,
+    config_value,
+    require_model_methods,
+)
 
 REQUIRED_MODEL_METHODS = ("per_sample_loss", "projector_parameters")
 
 
 def check_model_api(model, trainer_name: str) -> None:
     """One-line error if ``model`` lacks what the fair trainers need."""
-    missing = [name for name in REQUIRED_MODEL_METHODS if not callable(getattr(model, name, None))]
-    if missing:
-        raise PluginError(
-            f"trainer {trainer_name} needs a model with {' and '.join(missing)}() (a per-sample "
-            f"loss over the batch and its positive items); {type(model).__name__} has none: use "
-            "LLMLinear or AlphaRec, or RecBole's default trainer"
-        )
+    require_model_methods(model, trainer_name, REQUIRED_MODEL_METHODS,
+                          "a per-sample loss over the batch and its positive items; or use RecBole's default trainer")
 
 
 def group_losses(per_sample: torch.Tensor, group_of_sample: torch.Tensor, n_groups: int):
@@ -86,11 +87,15 @@ class PlainTrainer(Trainer):
     def __init__(self, config, model):
         check_model_api(model, type(self).__name__.removesuffix("Trainer"))
         super().__init__(config, model)
-        self.fair_group = config["fair_group"] or "pop"  # which item groups training balances
+        self.fair_group = config_value(config, "fair_group", "pop")  # which item groups training balances
         if self.fair_group not in GROUP_KINDS:
             raise ConfigKeyError(f"fair_group must be one of {GROUP_KINDS}, got {self.fair_group!r}")
-        self.lr_schedule = config["lr_schedule"] or "poly"  # poly | none
-        self.lr_power = float(config["lr_power"] or 0.9)  # exponent of the polynomial decay
+        self.lr_schedule = config_value(config, "lr_schedule", "poly")  # poly | none
+        if self.lr_schedule not in ("poly", "none"):
+            raise ConfigKeyError(f"lr_schedule must be 'poly' or 'none', got {self.lr_schedule!r}")
+        self.lr_power = float(config_value(config, "lr_power", 0.9))  # exponent of the polynomial decay
+        if not self.lr_power > 0:
+            raise ConfigKeyError(f"lr_power must be > 0, got {self.lr_power!r}")
         self.group_grad_method = resolve_group_grad_method(config["group_grad_method"], self.device)
         self.training_groups: ItemGroups | None = None
         self.item_group: torch.Tensor | None = None
@@ -146,7 +151,7 @@ class PlainTrainer(Trainer):
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     def after_step(self) -> None:
         for scheduler in self.schedulers:
@@ -195,28 +200,45 @@ class PlainTrainer(Trainer):
 
 
 @register_trainer
-class PlainLearnZTrainer(PlainTrainer):
+class PlainLearnZTrainer(LearnableItemTable, PlainTrainer):
     """The plain loss with the LLM item table Z learnable too (ALGORITHMS.md 9.4).
 
     The reference that separates what BiFair gains from learning Z at all from what it gains
     from the balanced loss and the bi-level update. theta and Z are updated together from one
-    backward of the plain mean loss: AdamW with ``learning_rate``/``weight_decay`` on theta and
-    ``z_learning_rate``/``z_weight_decay`` on Z (dense AdamW), both with the polynomial decay.
+    backward of the plain mean loss: AdamW (``learning_rate``, ``weight_decay``) on theta and,
+    as for BiFair (ALGORITHMS.md 6, fair comparison), the row-sparse AdamW on Z with
+    ``z_learning_rate``/``z_weight_decay``, both with the polynomial decay.
+    ``z_learning_rate: 0`` keeps Z frozen (then this is the Plain trainer).
     """
 
     def __init__(self, config, model):
         check_model_api(model, "PlainLearnZ")
-        model.set_item_table_learnable(True)
+        check_item_table_api(model, "PlainLearnZ")
+        self.init_item_table(config, model)
         super().__init__(config, model)
 
     def _build_optimizer(self, **kwargs):
-        z_learning_rate = float(self.config["z_learning_rate"] or 1e-4)
-        z_weight_decay = float(self.config["z_weight_decay"] or 0.0)
-        return torch.optim.AdamW(
-            [
-                {"params": self.model.projector_parameters()},
-                {"params": [self.model.item_table], "lr": z_learning_rate, "weight_decay": z_weight_decay},
-            ],
-            lr=self.learning_rate,
-            weight_decay=self.weight_decay,
-        )
+        kwargs.setdefault("params", self.model.projector_parameters())  # theta only; Z has its own
+        return super()._build_optimizer(**kwargs)
+
+    def optimizers(self) -> list:
+        return [self.optimizer] + ([self.z_optimizer] if self.learns_z else [])
+
+    def train_step(self, interaction) -> float:
+        per_sample, _groups = self.batch_losses(interaction)
+        loss = per_sample.mean()
+        self.optimizer.zero_grad()
+        self.model.item_table.grad = None
+        loss.backward()
+        self.optimizer.step()
+        if self.learns_z:
+            self.z_optimizer.step()
+            self.model.item_table.grad = None
+        return float(loss.detach())
+
+    def extra_checkpoint_state(self) -> dict:
+        return {**super().extra_checkpoint_state(), **self.z_checkpoint_state()}
+
+    def load_extra_checkpoint_state(self, checkpoint: dict) -> None:
+        super().load_extra_checkpoint_state(checkpoint)
+        self.load_z_checkpoint_state(checkpoint)

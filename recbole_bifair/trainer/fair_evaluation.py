@@ -35,6 +35,7 @@ from recbole_bifair.errors import NonFiniteLossError
 from recbole_bifair.evaluator.collector import FairCollector
 from recbole_bifair.evaluator.metrics import compute_group_utilities
 from recbole_bifair.trainer.fair_selection import FairSelection
+from recbole_bifair.trainer.item_table import config_value
 
 
 class FairEvaluationMixin:
@@ -49,7 +50,7 @@ class FairEvaluationMixin:
         # ALGORITHMS.md 9.6: optional fairness-aware selection, reported beside the paper's.
         metric = config["fair_selection"]
         self.fair_selection = (
-            FairSelection(metric, config["fair_selection_tolerance"] or 0.02, self.saved_model_file)
+            FairSelection(metric, config_value(config, "fair_selection_tolerance", 0.02), self.saved_model_file)
             if metric else None
         )
         self.last_valid_score: float | None = None
