@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_args(args)
         settings, run_dir, tuner = (resume if args.resume else start)(args, rest, storage)
-        summary = finish(settings, fit(tuner), run_dir)
+        summary = finish(settings, fit(tuner, args.verbose), run_dir)
     except SearchInterrupted as interrupted:
         print(f"interrupted: {interrupted}; continue with: {resume_command(args, run_dir)}", file=sys.stderr)
         return 130

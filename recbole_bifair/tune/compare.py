@@ -184,10 +184,10 @@ def run_tuner(args: argparse.Namespace, settings: SearchSettings, space, storage
     ensure_ray(args)
     keep_results_in_storage(storage)
     if (run_dir / SETTINGS_FILE).is_file() and can_restore(run_dir):
-        return fit(restore_tuner(SearchSettings.load(run_dir), run_dir))
+        return fit(restore_tuner(SearchSettings.load(run_dir), run_dir), args.verbose)
     shutil.rmtree(run_dir, ignore_errors=True)  # killed before Ray saved a state: start again
     settings.save(run_dir)
-    return fit(build_tuner(settings, space, storage, name, args.verbose))
+    return fit(build_tuner(settings, space, storage, name, args.verbose), args.verbose)
 
 
 def search(args: argparse.Namespace, overrides: dict[str, Any], row: Row, output: Path) -> dict[str, Any]:

@@ -123,6 +123,14 @@ def can_restore(run_dir: Path) -> bool:
     return tune.Tuner.can_restore(str(run_dir)) and any(run_dir.glob("experiment_state-*.json"))
 
 
+def quiet_output(verbose: int) -> None:
+    """At ``verbose=0`` print nothing: Ray 2.6-2.9's new output engine (the default there) still
+    prints an experiment header box; its legacy engine (``RAY_AIR_NEW_OUTPUT=0``) prints nothing
+    at verbosity 0. Later releases ignore the variable. A value the user set is kept."""
+    if verbose == 0:
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
 class _NoRestoreHint(logging.Filter):
     """Drops Ray's own "resume with ``Tuner.restore(...)``" advice (the project's ``--resume``
     command is printed instead)."""

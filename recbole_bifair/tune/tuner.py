@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from recbole_bifair.tune.ray_compat import can_restore, hide_restore_hint, run_config
+from recbole_bifair.tune.ray_compat import can_restore, hide_restore_hint, quiet_output, run_config
 from recbole_bifair.tune.settings import SearchError, SearchSettings
 from recbole_bifair.tune.space import SearchSpace
 from recbole_bifair.tune.trial import trial_function
@@ -104,12 +104,14 @@ class SearchFailed(SearchError):
     """Ray Tune's run itself failed (not one trial: those are retried and reported)."""
 
 
-def fit(tuner):
+def fit(tuner, verbose: int = 1):
     """``tuner.fit()`` with Ray's ``Tuner.restore(...)`` advice kept off the console (the
-    project's ``--resume`` command is printed instead) and Ray's failure as one SearchFailed."""
+    project's ``--resume`` command is printed instead), nothing printed by Ray at ``verbose=0``,
+    and Ray's failure as one SearchFailed."""
     from ray.tune import TuneError
 
     hide_restore_hint()
+    quiet_output(verbose)
     try:
         return tuner.fit()
     except TuneError as error:
