@@ -113,6 +113,6 @@ def negative_embedding_gradients(method: str, neg_grad: torch.Tensor, user_unit:
             rows = torch.nonzero(group == index).squeeze(1)
             item_out[index] = score_grad[rows].T @ user_unit[rows]
         return score_grad @ item_unit, item_out.view(-1, item_unit.shape[1])
-    user_out = gather_sum_values(item_unit, SampledPairs(neg_items, n_items), neg_grad)
+    user_out = gather_sum_values(item_unit, neg_grad, SampledPairs(neg_items, n_items))
     group_pairs = SampledPairs(group.unsqueeze(1) * n_items + neg_items, n_groups * n_items)
-    return user_out, scatter_sum_values(user_unit, group_pairs, neg_grad)
+    return user_out, scatter_sum_values(user_unit, neg_grad, group_pairs)

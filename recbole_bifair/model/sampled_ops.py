@@ -88,94 +88,63 @@ def sampled_dot_values(rows: torch.Tensor, table: torch.Tensor, pairs: SampledPa
     return values if restore is None else torch.gather(values, 1, restore)
 
 
-def gather_sum_values(table: torch.Tensor, pairs: SampledPairs, weights: torch.Tensor) -> torch.Tensor:
+def gather_sum_values(table: torch.Tensor, weights: torch.Tensor, pairs: SampledPairs) -> torch.Tensor:
     """out[b] = sum_k w[b, k] table[index[b, k]]; [B, D]."""
     return F.embedding_bag(pairs.index, table, per_sample_weights=weights.to(table.dtype), mode="sum")
 
 
-def scatter_sum_values(rows: torch.Tensor, pairs: SampledPairs, weights: torch.Tensor) -> torch.Tensor:
+def scatter_sum_values(rows: torch.Tensor, weights: torch.Tensor, pairs: SampledPairs) -> torch.Tensor:
     """out[i] = sum over the pairs (b, k) with index[b, k] = i of w[b, k] rows[b]; [n_columns, D]."""
     order, source_rows, offsets = pairs.column_order()
     sorted_weights = weights.reshape(-1)[order].to(rows.dtype)
     return F.embedding_bag(source_rows, rows, offsets, per_sample_weights=sorted_weights, mode="sum")
 
 
-def _folded_vmap(function, info, in_dims, first, second, pairs, output_rows: int):
-    """The vmap rule of the three kernels: stack the N copies of each input along its rows (the
-    unbatched one expanded) and run ONE kernel on the folded pairs (:meth:`SampledPairs.folded`)."""
-    first, second = (
-        tensor.unsqueeze(0).expand(info.batch_size, *tensor.shape) if dim is None else tensor.movedim(dim, 0)
-        for tensor, dim in zip((first, second), in_dims[:2], strict=True)
-    )
-    out = function.apply(first.flatten(0, 1), second.flatten(0, 1), pairs.folded(info.batch_size))
-    return out.view(info.batch_size, output_rows, *out.shape[1:]), 0
+def _kernel(name: str, doc: str, values, grad_first, grad_second, output_rows) -> type:
+    """An ``autograd.Function`` of (first, second, pairs): ``values`` forward, the gradients
+    w.r.t. ``first`` and ``second`` from ``grad_first`` / ``grad_second`` (first, second, grad,
+    pairs), and a ``vmap`` rule that stacks the N copies of each input along its rows (the
+    unbatched one expanded) and runs ONE kernel on the folded pairs (:meth:`SampledPairs.folded`)."""
 
+    def forward(first, second, pairs):
+        return values(first, second, pairs)
 
-class _PairsFunction(torch.autograd.Function):
-    """Shared context of the kernels: both tensor inputs saved, the pairs kept."""
-
-    @staticmethod
     def setup_context(ctx, inputs, output):
         first, second, pairs = inputs
         ctx.save_for_backward(first, second)
         ctx.pairs = pairs
 
-
-class SampledDot(_PairsFunction):
-    """s[b, k] = rows[b] . table[index[b, k]]; differentiable in ``rows`` and ``table``."""
-
-    @staticmethod
-    def forward(rows, table, pairs):
-        return sampled_dot_values(rows, table, pairs)
-
-    @staticmethod
     def backward(ctx, grad):
-        rows, table = ctx.saved_tensors
-        grad_rows = GatherSum.apply(table, grad, ctx.pairs) if ctx.needs_input_grad[0] else None
-        grad_table = ScatterSum.apply(rows, grad, ctx.pairs) if ctx.needs_input_grad[1] else None
-        return grad_rows, grad_table, None
+        first, second = ctx.saved_tensors
+        return (
+            grad_first(first, second, grad, ctx.pairs) if ctx.needs_input_grad[0] else None,
+            grad_second(first, second, grad, ctx.pairs) if ctx.needs_input_grad[1] else None,
+            None,
+        )
 
-    @staticmethod
-    def vmap(info, in_dims, rows, table, pairs):
-        return _folded_vmap(SampledDot, info, in_dims, rows, table, pairs, pairs.n_rows)
+    def vmap(info, in_dims, first, second, pairs):
+        first, second = (
+            tensor.unsqueeze(0).expand(info.batch_size, *tensor.shape) if dim is None else tensor.movedim(dim, 0)
+            for tensor, dim in zip((first, second), in_dims[:2], strict=True)
+        )
+        out = kernel.apply(first.flatten(0, 1), second.flatten(0, 1), pairs.folded(info.batch_size))
+        return out.view(info.batch_size, output_rows(pairs), *out.shape[1:]), 0
 
-
-class GatherSum(_PairsFunction):
-    """out[b] = sum_k w[b, k] table[index[b, k]]; differentiable in ``table`` and ``weights``."""
-
-    @staticmethod
-    def forward(table, weights, pairs):
-        return gather_sum_values(table, pairs, weights)
-
-    @staticmethod
-    def backward(ctx, grad):
-        table, weights = ctx.saved_tensors
-        grad_table = ScatterSum.apply(grad, weights, ctx.pairs) if ctx.needs_input_grad[0] else None
-        grad_weights = SampledDot.apply(grad, table, ctx.pairs) if ctx.needs_input_grad[1] else None
-        return grad_table, grad_weights, None
-
-    @staticmethod
-    def vmap(info, in_dims, table, weights, pairs):
-        return _folded_vmap(GatherSum, info, in_dims, table, weights, pairs, pairs.n_rows)
+    methods = {"forward": forward, "setup_context": setup_context, "backward": backward, "vmap": vmap}
+    kernel = type(name, (torch.autograd.Function,), {"__doc__": doc, **{k: staticmethod(f) for k, f in methods.items()}})
+    return kernel
 
 
-class ScatterSum(_PairsFunction):
-    """out[i] = sum_{(b, k): index[b, k] = i} w[b, k] rows[b]; differentiable in ``rows``, ``weights``."""
-
-    @staticmethod
-    def forward(rows, weights, pairs):
-        return scatter_sum_values(rows, pairs, weights)
-
-    @staticmethod
-    def backward(ctx, grad):
-        rows, weights = ctx.saved_tensors
-        grad_rows = GatherSum.apply(grad, weights, ctx.pairs) if ctx.needs_input_grad[0] else None
-        grad_weights = SampledDot.apply(rows, grad, ctx.pairs) if ctx.needs_input_grad[1] else None
-        return grad_rows, grad_weights, None
-
-    @staticmethod
-    def vmap(info, in_dims, rows, weights, pairs):
-        return _folded_vmap(ScatterSum, info, in_dims, rows, weights, pairs, pairs.n_columns)
+# Each kernel is linear in each input; the derivatives of each are the other two.
+SampledDot = _kernel("SampledDot", "s[b, k] = rows[b] . table[index[b, k]]", sampled_dot_values,
+                     lambda rows, table, grad, pairs: GatherSum.apply(table, grad, pairs),
+                     lambda rows, table, grad, pairs: ScatterSum.apply(rows, grad, pairs), lambda pairs: pairs.n_rows)
+GatherSum = _kernel("GatherSum", "out[b] = sum_k w[b, k] table[index[b, k]]", gather_sum_values,
+                    lambda table, weights, grad, pairs: ScatterSum.apply(grad, weights, pairs),
+                    lambda table, weights, grad, pairs: SampledDot.apply(grad, table, pairs), lambda pairs: pairs.n_rows)
+ScatterSum = _kernel("ScatterSum", "out[i] = sum_{(b, k): index[b, k] = i} w[b, k] rows[b]", scatter_sum_values,
+                     lambda rows, weights, grad, pairs: GatherSum.apply(grad, weights, pairs),
+                     lambda rows, weights, grad, pairs: SampledDot.apply(rows, grad, pairs), lambda pairs: pairs.n_columns)
 
 
 def sampled_dot(rows: torch.Tensor, table: torch.Tensor, index: torch.Tensor | SampledPairs) -> torch.Tensor:
