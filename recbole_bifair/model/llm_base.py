@@ -13,7 +13,10 @@ score is cosine(e_u, e_i) / tau and the loss is InfoNCE with K sampled negatives
 Sampling happens on the device: negatives are uniform with replacement over items outside the
 user's train set (vectorised rejection against the sorted user*I+item keys); the positives are
 AlphaRec's user-uniform draw (``train_sampling: user``, default **[choice]**) or the batch's own
-interactions (``train_sampling: interaction``, RecBole's order).
+interactions (``train_sampling: interaction``, RecBole's order). The [B, K] negative scores never
+gather [B, K, D] rows (``negative_scores``, :mod:`~recbole_bifair.model.negative_scores`), and
+``precision: bf16`` runs the projector and the dense scores under bf16 autocast
+(:mod:`~recbole_bifair.model.precision`).
 
 API for trainers:
 
