@@ -32,6 +32,17 @@ def test_ties_go_by_token_numerically_not_by_internal_id():
     assert by_id.item_group.tolist() == [-1, 0, 0, 1, 1, 1]  # the old rule took id 2 ("10")
 
 
+def test_top_ten_percent_cut_counts_real_items_and_rounds_up():
+    """ALGORITHMS.md 1: the top 10% of items by train count are popular; 25 real items give
+    ceil(2.5) = 3 popular ones, and a tie across the cut goes to the smaller token."""
+    counts = torch.tensor([0] + [1] * 20 + [9, 8, 7, 7, 7])  # ids 21..25 are the popular candidates
+    tokens = ["[PAD]"] + [str(100 + i) for i in range(1, 21)] + ["50", "40", "33", "31", "32"]
+    groups = popularity_groups(counts, top_fraction=0.1, item_tokens=tokens)
+    popular = torch.nonzero(groups.item_group == 0).squeeze(1).tolist()
+    assert popular == [21, 22, 24]  # 9, 8 and the first of the 7s by token ("31" < "32" < "33")
+    assert groups.item_group[0] == -1 and groups.sizes() == [3, 22]
+
+
 def test_token_order_numbers_by_value_then_text():
     tokens = ["b", "10", "9", "a", "0439381673", "B00004SVV0", "-1", "2.5"]
     assert sorted(tokens, key=token_sort_key) == ["-1", "2.5", "9", "10", "0439381673", "B00004SVV0", "a", "b"]
