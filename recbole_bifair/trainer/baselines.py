@@ -237,7 +237,6 @@ def multifr_direction(
 # ---------------------------------------------------------------------- trainers
 
 
-_setting = config_value  # ``config[key]``, or ``default`` only when the key is unset
 
 
 class GroupWeightTrainer(PlainTrainer):
@@ -331,13 +330,13 @@ class MultiFRTrainer(GroupWeightTrainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         # gradient normaliser before the solve (none = the literal MGDA)
-        self.balance_norm = _setting(config, "multifr_balance_norm", "none")
+        self.balance_norm = config_value(config, "multifr_balance_norm", "none")
         if self.balance_norm not in BALANCE_NORMS:
             raise ConfigKeyError(
                 f"multifr_balance_norm must be one of {BALANCE_NORMS}, got {self.balance_norm!r}"
             )
         # the same floor as BiFair (ALGORITHMS.md 6): w_n >= min_group_share / N, same key and default
-        self.min_group_share = float(_setting(config, "min_group_share", 0.2))
+        self.min_group_share = float(config_value(config, "min_group_share", 0.2))
         if not 0.0 <= self.min_group_share <= 1.0:
             raise ConfigKeyError(f"min_group_share must be in [0, 1], got {self.min_group_share}")
         self.alpha_sum: Tensor | None = None
@@ -386,8 +385,8 @@ class DRORecTrainer(GroupWeightTrainer):
 
     def __init__(self, config, model):
         super().__init__(config, model)
-        self.dro_eta = float(_setting(config, "dro_eta", 0.01))  # step size of the q update
-        self.dro_beta = float(_setting(config, "dro_beta", 0.01))  # streaming-average rate of L_hat
+        self.dro_eta = float(config_value(config, "dro_eta", 0.01))  # step size of the q update
+        self.dro_beta = float(config_value(config, "dro_beta", 0.01))  # streaming-average rate of L_hat
         self.loss_ema: Tensor | None = None
         self.q: Tensor | None = None
 
@@ -438,19 +437,19 @@ class PopDROTrainer(GroupWeightTrainer):
 
     def __init__(self, config, model):
         super().__init__(config, model)
-        self.stages = int(_setting(config, "popdro_stages", 1))  # time stages (needs timestamps)
+        self.stages = int(config_value(config, "popdro_stages", 1))  # time stages (needs timestamps)
         if self.stages != 1:
             raise ConfigKeyError(
                 f"popdro_stages = {self.stages}: only one time stage is implemented (the prepared "
                 "datasets carry no timestamps); set popdro_stages: 1"
             )
         # popularity strength (multi-stage only)
-        self.strength = float(_setting(config, "popdro_strength", 3.0))
-        self.trend = float(_setting(config, "popdro_trend", 0.3))  # streaming rate of L_hat
+        self.strength = float(config_value(config, "popdro_strength", 3.0))
+        self.trend = float(config_value(config, "popdro_trend", 0.3))  # streaming rate of L_hat
         # weight of the gradient-alignment term
-        self.alignment = float(_setting(config, "popdro_alignment", 0.3))
+        self.alignment = float(config_value(config, "popdro_alignment", 0.3))
         # exponentiated-gradient step of w
-        self.step_size = float(_setting(config, "popdro_step_size", 0.17))
+        self.step_size = float(config_value(config, "popdro_step_size", 0.17))
         self.loss_ema: Tensor | None = None
         self.weights: Tensor | None = None
 
@@ -509,10 +508,10 @@ class ITFRTrainer(GroupWeightTrainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         # radius of the sharpness-aware perturbation
-        self.rho = float(_setting(config, "itfr_rho", 0.05))
-        self.eta = float(_setting(config, "itfr_eta", 0.05))  # step size of the weight update
+        self.rho = float(config_value(config, "itfr_rho", 0.05))
+        self.eta = float(config_value(config, "itfr_eta", 0.05))  # step size of the weight update
         # exponent of the loss share l^gamma
-        self.gamma = float(_setting(config, "itfr_gamma", 0.5))
+        self.gamma = float(config_value(config, "itfr_gamma", 0.5))
         self.weights: Tensor | None = None
         self.previous_losses: Tensor | None = None
         self.previous_grads: Tensor | None = None

@@ -67,7 +67,6 @@ from recbole_bifair.trainer.item_table import (
     z_gradient_from_entry,
 )
 
-
 #: Up to this many groups, the per-group gradients w.r.t. H come from the balance's own passes;
 #: with more, H's combined gradient takes one extra pass (same value, N fewer H-sized copies).
 MAX_STORED_ENTRY_GROUPS = 2
