@@ -33,6 +33,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "table2"
 #: The paper's rows as trainers (the paper's "AlphaRec" row is the Plain trainer), cheapest
 #: first, and PlainLearnZ, the control that learns Z with the plain loss.
 METHODS = ["Plain", "Reweight", "DRORec", "MultiFR", "PopDRO", "ITFR", "Separate", "BiFair", "PlainLearnZ"]
+#: Stock RecBole ID-based models, the paper's Table 1 comparison (LLM-enhanced vs ID-based).
+BASELINES = ["LightGCN", "BPR"]
 #: The Table 2 budget, fixed for every run.
 BUDGET = ["--epochs=30", "--eval_step=3", "--stopping_step=4", "--hidden_multiplier=0.28125"]
 
@@ -41,7 +43,7 @@ def command(dataset: str, group: str, args: argparse.Namespace, extra: list[str]
     """The run_compare.py command of one (dataset, group kind)."""
     return [
         sys.executable, str(ROOT / "run_compare.py"), f"--dataset={dataset}", "--model=AlphaRec",
-        "--methods", *args.methods, f"--fair_group={group}", "--seeds", *map(str, args.seeds),
+        "--methods", *args.methods, "--baselines", *args.baselines, f"--fair_group={group}", "--seeds", *map(str, args.seeds),
         f"--num_samples={args.num_samples}", f"--select=fair:{group}_cv@20:{args.within}",
         f"--output={RESULTS / f'{dataset}.{group}'}", *BUDGET, *extra,
     ]  # fmt: skip
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", default=["ml100k"])
     parser.add_argument("--groups", nargs="+", default=["pop", "genre"], choices=["pop", "genre"])
     parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--baselines", nargs="*", default=BASELINES, help="stock RecBole ID models (claim a)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--num_samples", type=int, default=8, help="trials per method's search")
     parser.add_argument("--within", type=float, default=0.02, help="selection: Recall tolerance of the CV choice")

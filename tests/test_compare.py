@@ -112,3 +112,18 @@ def test_compare_resumes_after_a_kill_and_never_redoes_finished_work(tmp_path, m
     assert other.returncode == 2
     lines = other.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "num_samples" in lines[0]
+
+
+def test_num_samples_zero_runs_the_shipped_defaults_on_every_seed(tmp_path, ml100k_root):
+    output = tmp_path / "defaults"
+    argv = [a for a in compare_args(output, ml100k_root) if not a.startswith("--num_samples")]
+    done = subprocess.run([*argv, "--num_samples=0"], cwd=tmp_path, env=env(), capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert not (output / "searches").exists()  # no search ran
+    for row in ("Plain", "BPR"):
+        runs = [json.loads((output / "runs" / f"{row}.seed{s}.json").read_text()) for s in (0, 1)]
+        assert [r["seed"] for r in runs] == [0, 1] and all(r["params"] == {} for r in runs)
+        assert all(0 <= r["test"]["recall@20"] <= 1 for r in runs)
+        assert runs[0]["test"] != runs[1]["test"]  # two seeds, two trainings
+    assert "shipped defaults (no search" in (output / "comparison.md").read_text()

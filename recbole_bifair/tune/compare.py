@@ -18,6 +18,10 @@ Each row of the table is a method (a plugin or RecBole trainer on ``--model``) o
    Folder: ``DIR/seeds/<row>.seeds<k...>/``.
 3. Each run's results go to ``DIR/runs/<row>.seed<k>.json``.
 
+``--num_samples=0`` skips the search: each row's shipped defaults (``properties/`` yaml plus the
+fixed keys) run on every seed, as one seed Tuner (``DIR/seeds/<row>.defaults.seeds<k...>/``).
+It is for budgets where a search per row does not fit; the table says so.
+
 Then ``DIR/comparison.md``, ``comparison.csv`` and ``comparison.png`` (compare_report.py).
 
 Resuming: rerunning the same command continues where it stopped. A finished search or seed run
@@ -95,7 +99,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--fair_group", choices=["pop", "genre"], default="pop",
                         help="item groups balanced in training and reported (CV, MIN)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="the first one is searched on")
-    parser.add_argument("--num_samples", type=int, default=8, help="trials per search")
+    parser.add_argument("--num_samples", type=int, default=8, help="trials per search; 0: no search, the defaults")
     parser.add_argument("--output", required=True, help="folder of the comparison (resumable)")
     parser.add_argument("--select", default="metric", help="metric | fair:<metric@k>:<tolerance>")
     parser.add_argument("--spaces", default=str(PROJECT_ROOT / "properties" / "hyper"),
@@ -242,25 +246,53 @@ def seed_runs(args: argparse.Namespace, row: Row, output: Path, best: dict) -> N
     missing = [s for s in args.seeds[1:] if not run_path(output, row, s).is_file()]
     if not missing:
         return
-    search_dir = output / "searches" / row.name
-    searched = SearchSettings.load(search_dir)
+    searched = SearchSettings.load(output / "searches" / row.name)
     storage, name = output / "seeds", f"{row.name}.seeds{'-'.join(map(str, missing))}"
-    space_file = storage / name / SEED_SPACE_FILE
-    if not space_file.is_file():
-        space_file.parent.mkdir(parents=True, exist_ok=True)
-        space_file.write_text(yaml.safe_dump({"seed": missing}), encoding="utf-8")
+    space_file = seed_space_file(storage / name, missing)
     settings = dataclasses.replace(
         searched, space_file=str(space_file), search="grid", scheduler="fifo", num_samples=1, record_test=True,
         fixed_from_space={**searched.fixed_from_space, **best["params"]}, select="metric", search_seed=None,
     )  # fmt: skip
-    result_grid = run_tuner(args, settings, load_space(space_file), storage, name)
+    run_seeds(args, row, output, settings, storage, name, missing, best["params"])
+
+
+def default_runs(args: argparse.Namespace, overrides: dict[str, Any], row: Row, output: Path) -> None:
+    """``--num_samples=0``: the row's shipped defaults on every seed that has no results file yet."""
+    missing = [s for s in args.seeds if not run_path(output, row, s).is_file()]
+    if not missing:
+        return
+    storage, name = output / "seeds", f"{row.name}.defaults.seeds{'-'.join(map(str, missing))}"
+    space_file = seed_space_file(storage / name, missing)
+    if (storage / name / SETTINGS_FILE).is_file():
+        settings = SearchSettings.load(storage / name)
+    else:
+        namespace = search_namespace(args, row)
+        namespace.search, namespace.scheduler, namespace.num_samples, namespace.select = "grid", "fifo", 1, "metric"
+        settings = make_settings(namespace, {**overrides, "fair_group": args.fair_group}, load_space(space_file))
+        settings = dataclasses.replace(settings, record_test=True, search_seed=None)
+    run_seeds(args, row, output, settings, storage, name, missing, {})
+
+
+def seed_space_file(run_dir: Path, seeds: list[int]) -> Path:
+    """The seed grid of a seed Tuner, written once."""
+    space_file = run_dir / SEED_SPACE_FILE
+    if not space_file.is_file():
+        space_file.parent.mkdir(parents=True, exist_ok=True)
+        space_file.write_text(yaml.safe_dump({"seed": seeds}), encoding="utf-8")
+    return space_file
+
+
+def run_seeds(args, row: Row, output: Path, settings: SearchSettings, storage: Path, name: str,
+              missing: list[int], params: dict[str, Any]) -> None:  # fmt: skip
+    """Fit a seed Tuner and write each finished seed's results file; SearchInterrupted if any is left."""
+    result_grid = run_tuner(args, settings, load_space(settings.space_file), storage, name)
     finished = {}
     for result in result_grid:
         summary = read_trial_summary(result_dir(result))
         seed = int((result.config or {}).get("seed", -1))
         if summary is not None:
             finished[seed] = summary
-            write_json(run_payload(row, args, seed, best["params"], summary), run_path(output, row, seed))
+            write_json(run_payload(row, args, seed, params, summary), run_path(output, row, seed))
     left = [s for s in missing if s not in finished]
     if left:
         raise SearchInterrupted(
@@ -279,12 +311,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = parse_overrides(rest)
         parse_select(args.select)
-        if args.num_samples < 1 or len(set(args.seeds)) != len(args.seeds):
-            raise SearchError("--num_samples must be at least 1 and --seeds must not repeat")
+        if args.num_samples < 0 or len(set(args.seeds)) != len(args.seeds):
+            raise SearchError("--num_samples must be 0 (no search: the defaults) or more, and --seeds must not repeat")
         rows = make_rows(args)
         output.mkdir(parents=True, exist_ok=True)
         check_or_save_settings(output, fixed_settings(args, overrides))
         for row in rows:
+            if args.num_samples == 0:
+                default_runs(args, overrides, row, output)
+                continue
             best = search(args, overrides, row, output)
             write_search_seed_run(output, row, args, best)
             seed_runs(args, row, output, best)

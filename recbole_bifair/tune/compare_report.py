@@ -80,10 +80,14 @@ def markdown(table: list[dict[str, Any]], args) -> str:
     """The comparison table."""
     heads = columns(args.fair_group)
     rule = next((e["select"] for e in table if e["select"]), "best valid metric")
+    if args.num_samples == 0:
+        how = "Each row ran its shipped defaults (no search, --num_samples=0)"
+    else:
+        how = (f"Each row's configuration was searched on seed {args.seeds[0]} ({args.num_samples} trials, "
+               f"VALID metrics only, picked by: {rule})")  # fmt: skip
     lines = [
-        f"Test metrics of {args.dataset}, {args.fair_group} groups: mean ± std over seeds (ddof 0). Each row's "
-        f"configuration was searched on seed {args.seeds[0]} ({args.num_samples} trials, VALID metrics only, "
-        f"picked by: {rule}) and run on seeds {', '.join(map(str, args.seeds))}.",
+        f"Test metrics of {args.dataset}, {args.fair_group} groups: mean ± std over seeds (ddof 0). {how} "
+        f"and run on seeds {', '.join(map(str, args.seeds))}.",
         "",
         "| row | model | trainer | seeds | " + " | ".join(h for h, _ in heads) + " | epochs | config |",
         "|---" * (len(heads) + 6) + "|",
