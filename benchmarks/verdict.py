@@ -80,6 +80,11 @@ def pct(a: float, b: float) -> str:
     return f"{100 * (a - b) / b:+.1f}%"
 
 
+def missing(names: list[str], what: str) -> str:
+    """A note naming the rows a verdict could not look at (not run in this cell)."""
+    return f" ({what} not run: {', '.join(names)})" if names else ""
+
+
 def verdict_line(cell: str, head: str, marks: list[str], parts: list[str]) -> str | None:
     """One table line: the common mark of the comparisons (mixed when they disagree)."""
     if not parts:
@@ -114,6 +119,7 @@ def claim_b(cell, rows, group) -> str | None:
     else:
         mark = "fails" if d > 0 else "mixed"
     note = "" if close else " (no baseline within 2% of Plain's Recall: the lowest CV of all)"
+    note += missing([b for b in BASELINES if b not in rows], "baselines")
     return (f"| {cell} | **{mark}** | BiFair CV {bifair.text(cv)} vs {best} {rows[best].text(cv)} "
             f"({pct(bifair.mean(cv), rows[best].mean(cv))}); MIN {pct(bifair.mean(mn), rows[best].mean(mn))}; "
             f"R {bifair.text(RECALL)} = {pct(bifair.mean(RECALL), plain.mean(RECALL))} vs Plain{note}; "
@@ -140,7 +146,8 @@ def claim_c(cell, rows, group) -> str | None:
             verdict, mark = "trade-off", "mixed"
         marks.append(mark)
         parts.append(f"{control}: CV {other.text(cv)} R {other.text(RECALL)} ({verdict})")
-    return verdict_line(cell, f"BiFair CV {bifair.text(cv)} R {bifair.text(RECALL)}", marks, parts)
+    absent = missing([c for c in ("Separate", "PlainLearnZ", "Balanced-Z-frozen") if c not in rows], "controls")
+    return verdict_line(cell, f"BiFair CV {bifair.text(cv)} R {bifair.text(RECALL)}", marks, parts + ([absent.strip(" ()")] if absent else []))
 
 
 def claim_d(cell, rows, group) -> str | None:
