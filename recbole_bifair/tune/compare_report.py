@@ -135,7 +135,8 @@ def plot(table: list[dict[str, Any]], args, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     for index, entry in enumerate(shown):
         (x, xerr), (y, yerr) = entry[cv], entry[recall]
-        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", capsize=3, ms=7, color=f"C{index % 10}",
+        marker = "osD^v"[index // 10 % 5]  # the colour cycle has 10 colours: rows 11+ change marker
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=marker, capsize=3, ms=7, color=f"C{index % 10}",
                     label=f"{entry['row']} ({len(entry['seeds'])} seed{'s' * (len(entry['seeds']) != 1)})")  # fmt: skip
     front = pareto_front([(e[cv][0], e[recall][0]) for e in shown])
     if len(front) > 1:
