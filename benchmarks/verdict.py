@@ -87,6 +87,21 @@ def comparable(row: Stats, plain: Stats) -> bool:
     return row.mean(RECALL) >= (1 - TOLERANCE) * plain.mean(RECALL)
 
 
+def lower_cv_mark(row: Stats, ref: Stats, plain: Stats, cv: str) -> str:
+    """Claims (b) and (d): does ``row`` have a lower CV than ``ref`` at Plain's Recall?
+
+    Lower CV holds when ``row`` is within 2% of Plain's Recall (mixed otherwise); a higher CV
+    fails, except against a ``ref`` that lost Recall to get its CV while ``row`` kept more: a
+    trade-off (mixed). Differences within the seeds' noise are mixed.
+    """
+    d = differs(row, ref, cv)
+    if d < 0:
+        return "holds" if comparable(row, plain) else "mixed"
+    if d > 0 and not comparable(ref, plain) and differs(row, ref, RECALL) > 0:
+        return "mixed"
+    return "fails" if d > 0 else "mixed"
+
+
 def pct(a: float, b: float) -> str:
     return f"{100 * (a - b) / b:+.1f}%"
 
@@ -124,13 +139,7 @@ def claim_b(cell, rows, group) -> str | None:
     plain, bifair = rows["Plain"], rows["BiFair"]
     close = [b for b in present if comparable(rows[b], plain)]
     best = min(close or present, key=lambda b: rows[b].mean(cv))
-    d = differs(bifair, rows[best], cv)
-    if d < 0:
-        mark = "holds" if comparable(bifair, plain) else "mixed"
-    elif d > 0 and not close and differs(bifair, rows[best], RECALL) > 0:
-        mark = "mixed"  # no baseline at Plain's Recall: BiFair's higher CV bought Recall, a trade-off
-    else:
-        mark = "fails" if d > 0 else "mixed"
+    mark = lower_cv_mark(bifair, rows[best], plain, cv)
     note = "" if close else " (no baseline within 2% of Plain's Recall: the lowest CV of all)"
     note += missing([b for b in BASELINES if b not in rows], "baselines")
     return (f"| {cell} | **{mark}** | BiFair CV {bifair.text(cv)} vs {best} {rows[best].text(cv)} "
@@ -172,14 +181,7 @@ def claim_d(cell, rows, group) -> str | None:
         if adaptive not in rows:
             continue
         row = rows[adaptive]
-        d = differs(row, fixed, cv)
-        if d < 0:
-            mark = "holds" if comparable(row, plain) else "mixed"
-        elif d > 0 and not comparable(fixed, plain) and differs(row, fixed, RECALL) > 0:
-            mark = "mixed"  # Reweight's lower CV cost it Recall that the adaptive row kept: a trade-off
-        else:
-            mark = "fails" if d > 0 else "mixed"
-        marks.append(mark)
+        marks.append(lower_cv_mark(row, fixed, plain, cv))
         parts.append(f"{adaptive} CV {row.text(cv)} R {row.text(RECALL)} ({pct(row.mean(cv), fixed.mean(cv))} CV)")
     return verdict_line(cell, f"Reweight CV {fixed.text(cv)} R {fixed.text(RECALL)}", marks, parts)
 
