@@ -68,7 +68,7 @@ def load(results: Path) -> dict[tuple[str, str], dict[str, Stats]]:
         group = path.name.split(".")[0]
         rows.setdefault(("ml100k", group), {}).setdefault("Balanced-Z-frozen", []).append(run)
     for compare in sorted((results / "ablation").glob("*.*/compare.json")):
-        if json.loads(compare.read_text(encoding="utf-8"))["overrides"].get("z_learning_rate") != 0:
+        if json.loads(compare.read_text(encoding="utf-8")).get("overrides", {}).get("z_learning_rate") != 0:
             raise SystemExit(f"{compare}: not a Z-frozen comparison (overrides lack z_learning_rate=0)")
         for path in sorted(compare.parent.glob("runs/BiFair.seed*.json")):
             run = json.loads(path.read_text(encoding="utf-8"))
